@@ -1,0 +1,18 @@
+"""dlmjax: autoregressive vs masked diffusion language models under data constraints, in JAX.
+
+    import dlmjax
+    run = dlmjax.load_run('runs/tiny-mdm-u200000-e20-s0')
+"""
+
+__version__ = '0.1.0'
+
+
+def __getattr__(name):
+  # Lazy, so `import dlmjax.config` does not pull in jax and flax.
+  if name in ('load_run', 'Run'):
+    from dlmjax import run
+    return getattr(run, name)
+  raise AttributeError(f'module dlmjax has no attribute {name!r}')
+
+
+__all__ = ['load_run', 'Run']

@@ -1,0 +1,56 @@
+"""Checkpoints of a run: the train state (orbax) and the data iterator state, saved together.
+
+A checkpoint is one orbax step directory under `RUN_DIR/checkpoints/` with three items:
+`state` (params, optimizer state, step, rng: arrays, restored onto the given shardings),
+`data` (the grain iterator state as JSON, so a resumed run continues the same token order)
+and `meta` (JSON: tokens seen, epoch, wall time). Orbax writes into a temporary directory
+and renames it when complete, so a crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves and restores (state, data_state, meta) triples by step."""
+
+  def __init__(self, directory: str | pathlib.Path, *, keep: int = 2, read_only: bool = False):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        # Saving overlaps training; `wait` is called before anything reads the result.
+        enable_async_checkpointing=not read_only)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_names=('state', 'data', 'meta'))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+    """Restores onto the shardings and dtypes of `abstract_state` (ShapeDtypeStructs)."""
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return out['state'], out['data'], out['meta']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

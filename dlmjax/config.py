@@ -1,0 +1,439 @@
+"""The run configuration: one typed dataclass tree, YAML presets and `key=value` overrides.
+
+    cfg = load_config(['configs/tiny.yaml'], ['objective=mdm', 'data.epochs=20'])
+
+YAML files list only what differs from the defaults below and are merged left to right;
+overrides come last. Every key is checked against the tree: an unknown key, a value of the
+wrong type or an impossible combination raises `ConfigError` naming the key, and the
+command-line tools turn that into one line and exit code 2.
+
+Integer fields also accept the suffixes K, M, B and T (`data.unique_tokens=1.5B`), because
+token budgets are how the papers speak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import pathlib
+import typing
+from typing import Any
+
+import yaml
+
+from dlmjax.errors import ConfigError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """Decoder-only transformer shape (RMSNorm, RoPE, SwiGLU, GQA), shared by AR and DLM."""
+
+  d_model: int = 128
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int = 0  # 0: as many as n_heads (no grouping)
+  head_dim: int = 0  # 0: d_model // n_heads
+  d_ff: int = 512
+  vocab_size: int = 0  # 0: the tokenizer's vocabulary size
+  rope_theta: float = 10000.0
+  qk_norm: bool = False
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+  init_std: float = 0.02
+  dtype: str = 'float32'  # compute dtype: float32 on CPU, bfloat16 on accelerators
+  param_dtype: str = 'float32'  # master weights
+  attention: str = 'xla'  # backend in dlmjax/model/attention.py
+  remat: str = 'none'  # none | block (recompute each block in the backward pass)
+  attn_dropout: float = 0.0
+  mlp_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  # Mixture of experts: the presets carry the papers' shapes; training them needs the
+  # MoE layer, which is not implemented yet (num_experts > 0 is rejected at start-up).
+  num_experts: int = 0
+  experts_per_token: int = 0
+  moe_d_ff: int = 0
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_heads or self.n_heads
+
+  @property
+  def dh(self) -> int:
+    return self.head_dim or self.d_model // self.n_heads
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where the tokens come from and how they are budgeted, repeated and packed."""
+
+  corpus: str = 'stdlib'  # stdlib | files:GLOB | jsonl:PATH:FIELD
+  tokenizer: str = 'byte'  # byte | bpe (trained on the training split, saved with the run)
+  bpe_vocab_size: int = 4096
+  seq_len: int = 128
+  unique_tokens: int = 0  # U; 0: every training token the corpus holds
+  epochs: float = 1.0  # E; the run sees exactly round(U * E) training tokens
+  val_fraction: float = 0.02  # share of documents held out (by a hash of their name)
+  order_seed: int = 0  # document order that makes budgets nested; not the run seed
+  cache_dir: str = ''  # token stores; '': $DLMJAX_CACHE or ~/.cache/dlmjax
+  prefetch: int = 2  # batches prepared ahead of the train step
+
+
+@dataclasses.dataclass
+class ARConfig:
+  """Options of the `ar` objective: the regularisers of the data-constrained ablations."""
+
+  input_mask_rate: float = 0.0  # replace input tokens by the mask token (targets unchanged)
+  param_noise_std: float = 0.0  # Gaussian noise added to the weights for each step
+
+
+@dataclasses.dataclass
+class MDMConfig:
+  """Options of the `mdm` objective (masked diffusion, the papers' recipe by default)."""
+
+  eps: float = 1e-3  # t ~ U(eps, 1)
+  schedule: str = 'linear'  # linear (alpha_t = 1 - t) | cosine
+  antithetic: bool = False  # low-discrepancy t across the batch (MDLM)
+  loss_norm: str = 'token'  # token: sum / non-pad tokens in batch | sequence: per row
+  random_length_frac: float = 0.0  # share of rows truncated to a random length (SMDM: 0.01)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+  lr: float = 2e-3
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  schedule: str = 'cosine'  # cosine | wsd | constant
+  warmup_steps: int = 0  # 0: warmup_frac of the run
+  warmup_frac: float = 0.05
+  min_lr_ratio: float = 0.1  # final lr / peak lr
+  decay_frac: float = 0.2  # wsd: share of the run spent decaying
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  batch_size: int = 32  # global batch, in sequences of data.seq_len tokens
+  steps: int = 0  # 0: ceil(U * E / (batch_size * seq_len))
+  log_every: int = 10
+  progress: bool = True  # progress bar with ETA when stderr is a terminal
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  every: int = 0  # steps between validation evals; 0: num_evals points spread over the run
+  num_evals: int = 24
+  val_tokens: int = 65536  # validation tokens scored each time (a fixed subset)
+  batch_size: int = 32
+  mdm_samples: int = 4  # K Monte Carlo samples of (t, mask) for the diffusion ELBO
+  seed: int = 0  # fixed, so the same checkpoint always gives the same number
+
+
+@dataclasses.dataclass
+class MeshConfig:
+  """Device mesh sizes; -1 takes the remaining devices. Their product is the device count."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  expert: int = 1
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  every: int = 0  # steps between checkpoints; 0: at each eval
+  keep: int = 2
+
+
+@dataclasses.dataclass
+class Config:
+  objective: str = 'mdm'  # ar | mdm (dlmjax/objectives)
+  seed: int = 0
+  run_dir: str = ''  # '': runs/<name>-<objective>-u<U>-e<E>-s<seed>
+  name: str = ''  # used in the default run_dir; '': the YAML files' stems joined by '-'
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  ar: ARConfig = dataclasses.field(default_factory=ARConfig)
+  mdm: MDMConfig = dataclasses.field(default_factory=MDMConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading, merging and coercion.
+
+_SUFFIX = {'K': 10**3, 'M': 10**6, 'B': 10**9, 'G': 10**9, 'T': 10**12}
+
+
+def coerce(key: str, value: Any, typ: Any) -> Any:
+  """Returns `value` converted to the field type `typ`, or raises ConfigError."""
+  def bad(expect: str) -> ConfigError:
+    return ConfigError(f'config key {key!r} expects {expect}, got {value!r}')
+
+  if typ is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ('true', 'false', 'yes', 'no', '1', '0'):
+      return value.lower() in ('true', 'yes', '1')
+    raise bad('true or false')
+  if typ is int:
+    if isinstance(value, bool):
+      raise bad('an integer')
+    if isinstance(value, int):
+      return value
+    if isinstance(value, float) and value.is_integer():
+      return int(value)
+    if isinstance(value, str):
+      s = value.strip().replace('_', '')
+      mult = 1
+      if s and s[-1].upper() in _SUFFIX:
+        mult, s = _SUFFIX[s[-1].upper()], s[:-1]
+      try:
+        x = float(s) * mult
+      except ValueError:
+        raise bad('an integer (suffixes K, M, B, T allowed)') from None
+      if math.isfinite(x) and x == round(x):
+        return int(round(x))
+    raise bad('an integer (suffixes K, M, B, T allowed)')
+  if typ is float:
+    if isinstance(value, bool):
+      raise bad('a number')
+    if isinstance(value, (int, float)):
+      return float(value)
+    if isinstance(value, str):
+      try:
+        return float(value)
+      except ValueError:
+        pass
+    raise bad('a number')
+  if typ is str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+      return str(value)
+    raise bad('a string')
+  raise TypeError(f'unsupported config field type {typ!r} at {key}')
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, candidates: list[str]) -> ConfigError:
+  close = difflib.get_close_matches(key, candidates, n=1)
+  hint = f' (did you mean {close[0]!r}?)' if close else ''
+  return ConfigError(f'unknown config key {key!r}{hint}')
+
+
+def _all_keys(cls: type = Config, prefix: str = '') -> list[str]:
+  keys = []
+  for name, typ in _field_types(cls).items():
+    if dataclasses.is_dataclass(typ):
+      keys += _all_keys(typ, f'{prefix}{name}.')
+    else:
+      keys.append(f'{prefix}{name}')
+  return keys
+
+
+def set_key(obj: Any, path: str, value: Any) -> None:
+  """Sets the dotted `path` of dataclass `obj` to `value` (a scalar or a nested dict)."""
+  parts = path.split('.')
+  target = obj
+  for i, part in enumerate(parts):
+    types_ = _field_types(type(target))
+    if part not in types_:
+      raise _unknown_key(path, _all_keys())
+    typ = types_[part]
+    sub = '.'.join(parts[: i + 1])
+    if i < len(parts) - 1:
+      if not dataclasses.is_dataclass(typ):
+        raise _unknown_key(path, _all_keys())
+      target = getattr(target, part)
+      continue
+    if dataclasses.is_dataclass(typ):
+      if not isinstance(value, dict):
+        raise ConfigError(f'config key {sub!r} is a section; give its keys, e.g. {sub}.KEY=...')
+      for k, v in value.items():
+        set_key(obj, f'{sub}.{k}', v)
+    else:
+      setattr(target, part, coerce(sub, value, typ))
+
+
+def _read_yaml(path: str) -> dict:
+  p = pathlib.Path(path)
+  if not p.is_file():
+    raise ConfigError(f'config file {path!r} does not exist')
+  try:
+    data = yaml.safe_load(p.read_text()) or {}
+  except yaml.YAMLError as e:
+    raise ConfigError(f'config file {path!r} is not valid YAML: {str(e).splitlines()[0]}') from None
+  if not isinstance(data, dict):
+    raise ConfigError(f'config file {path!r} must hold a mapping of keys')
+  return data
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+  """`'data.epochs=20'` -> `('data.epochs', 20)`; values are read as YAML scalars."""
+  if '=' not in arg:
+    raise ConfigError(f'expected key=value or a .yaml file, got {arg!r}')
+  key, raw = arg.split('=', 1)
+  try:
+    value = yaml.safe_load(raw) if raw else ''
+  except yaml.YAMLError:
+    value = raw
+  return key.strip(), raw if value is None else value
+
+
+def load_config(files: list[str] = (), overrides: list[str] = ()) -> Config:
+  """Builds the Config from YAML presets (merged left to right) and `key=value` overrides."""
+  cfg = Config()
+  for f in files:
+    for key, value in _read_yaml(f).items():
+      try:
+        set_key(cfg, str(key), value)
+      except ConfigError as e:
+        raise ConfigError(f'{f}: {e}') from None
+  for arg in overrides:
+    set_key(cfg, *parse_override(arg))
+  if not cfg.name and files:
+    cfg.name = '-'.join(pathlib.Path(f).stem for f in files)
+  validate(cfg)
+  return cfg
+
+
+def parse_args(argv: list[str]) -> Config:
+  """Splits a command line into YAML files and `key=value` overrides and loads them."""
+  files = [a for a in argv if a.endswith(('.yaml', '.yml')) and '=' not in a]
+  overrides = [a for a in argv if a not in files]
+  return load_config(files, overrides)
+
+
+def from_dict(data: dict) -> Config:
+  """Rebuilds a Config written by `to_dict` (e.g. a run directory's config.yaml)."""
+  cfg = Config()
+  for key, value in data.items():
+    set_key(cfg, str(key), value)
+  validate(cfg)
+  return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+  return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Validation of combinations (types were checked while loading).
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+  if not cond:
+    raise ConfigError(f'config key {key!r}: {msg}')
+
+
+def _one_of(cfg_value: str, key: str, allowed: typing.Iterable[str]) -> None:
+  allowed = tuple(allowed)
+  _check(cfg_value in allowed, key, f'{cfg_value!r} is not one of {", ".join(allowed)}')
+
+
+def validate(cfg: Config) -> None:
+  """Raises ConfigError naming the key of the first impossible setting."""
+  from dlmjax import objectives  # the registry of names; imported late to avoid a cycle
+  from dlmjax.model import attention
+
+  m, d, t = cfg.model, cfg.data, cfg.train
+  _one_of(cfg.objective, 'objective', objectives.names())
+  for key in ('d_model', 'n_layers', 'n_heads', 'd_ff'):
+    _check(getattr(m, key) > 0, f'model.{key}', 'must be positive')
+  _check(m.n_kv_heads >= 0 and m.head_dim >= 0 and m.vocab_size >= 0, 'model.n_kv_heads',
+         'n_kv_heads, head_dim and vocab_size must be >= 0 (0 picks the default)')
+  _check(m.head_dim > 0 or m.d_model % m.n_heads == 0, 'model.n_heads',
+         f'd_model={m.d_model} is not divisible by n_heads={m.n_heads}; set model.head_dim')
+  _check(m.n_heads % m.kv_heads == 0, 'model.n_kv_heads',
+         f'n_heads={m.n_heads} is not a multiple of n_kv_heads={m.kv_heads}')
+  _check(m.dh % 2 == 0, 'model.head_dim', f'head dim {m.dh} must be even for RoPE')
+  _one_of(m.dtype, 'model.dtype', DTYPES)
+  _one_of(m.param_dtype, 'model.param_dtype', DTYPES)
+  _one_of(m.attention, 'model.attention', attention.BACKENDS)
+  _one_of(m.remat, 'model.remat', ('none', 'block'))
+  for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
+    _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
+  _check(m.num_experts == 0, 'model.num_experts',
+         'mixture-of-experts layers are not implemented yet; use a dense preset')
+
+  _check(d.corpus == 'stdlib' or d.corpus.startswith(('files:', 'jsonl:')), 'data.corpus',
+         f'{d.corpus!r} is not stdlib, files:GLOB or jsonl:PATH:FIELD')
+  _one_of(d.tokenizer, 'data.tokenizer', ('byte', 'bpe'))
+  _check(d.bpe_vocab_size >= 300, 'data.bpe_vocab_size', 'must be at least 300')
+  _check(d.seq_len >= 2, 'data.seq_len', 'must be at least 2')
+  _check(d.unique_tokens >= 0, 'data.unique_tokens', 'must be >= 0 (0: the whole corpus)')
+  _check(d.epochs > 0, 'data.epochs', 'must be positive')
+  _check(0.0 < d.val_fraction < 1.0, 'data.val_fraction', 'must be in (0, 1)')
+  _check(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
+
+  _check(0.0 <= cfg.ar.input_mask_rate < 1.0, 'ar.input_mask_rate', 'must be in [0, 1)')
+  _check(cfg.ar.param_noise_std >= 0.0, 'ar.param_noise_std', 'must be >= 0')
+  _check(0.0 < cfg.mdm.eps < 1.0, 'mdm.eps', 'must be in (0, 1)')
+  _one_of(cfg.mdm.schedule, 'mdm.schedule', ('linear', 'cosine'))
+  _one_of(cfg.mdm.loss_norm, 'mdm.loss_norm', ('token', 'sequence'))
+  _check(0.0 <= cfg.mdm.random_length_frac <= 1.0, 'mdm.random_length_frac', 'must be in [0, 1]')
+
+  o = cfg.optimizer
+  _check(o.lr > 0, 'optimizer.lr', 'must be positive')
+  _one_of(o.schedule, 'optimizer.schedule', ('cosine', 'wsd', 'constant'))
+  _check(0.0 <= o.warmup_frac < 1.0, 'optimizer.warmup_frac', 'must be in [0, 1)')
+  _check(0.0 <= o.min_lr_ratio <= 1.0, 'optimizer.min_lr_ratio', 'must be in [0, 1]')
+  _check(0.0 < o.decay_frac <= 1.0, 'optimizer.decay_frac', 'must be in (0, 1]')
+  _check(o.grad_clip >= 0, 'optimizer.grad_clip', 'must be >= 0 (0: no clipping)')
+
+  _check(t.batch_size > 0, 'train.batch_size', 'must be positive')
+  _check(t.steps >= 0, 'train.steps', 'must be >= 0 (0: derived from the budget)')
+  _check(t.log_every > 0, 'train.log_every', 'must be positive')
+  e = cfg.eval
+  _check(e.every >= 0 and e.num_evals >= 1, 'eval.num_evals', 'need every >= 0, num_evals >= 1')
+  _check(e.val_tokens >= d.seq_len, 'eval.val_tokens', f'must be at least data.seq_len={d.seq_len}')
+  _check(e.batch_size > 0, 'eval.batch_size', 'must be positive')
+  _check(e.mdm_samples >= 1, 'eval.mdm_samples', 'must be at least 1')
+  for key in ('data', 'fsdp', 'tensor', 'expert'):
+    v = getattr(cfg.mesh, key)
+    _check(v == -1 or v >= 1, f'mesh.{key}', 'must be -1 (the rest) or a positive size')
+  _check([getattr(cfg.mesh, k) for k in ('data', 'fsdp', 'tensor', 'expert')].count(-1) <= 1,
+         'mesh', 'at most one axis may be -1')
+  _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep >= 1, 'checkpoint.keep',
+         'need every >= 0 and keep >= 1')
+
+
+# Keys that may change between a run and its resumption without changing what is trained.
+RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'data.prefetch', 'data.cache_dir',
+                  'checkpoint.keep', 'mesh.')
+
+
+def default_run_dir(cfg: Config) -> str:
+  name = cfg.name or 'run'
+  return f'runs/{name}-{cfg.objective}-u{cfg.data.unique_tokens}-e{cfg.data.epochs:g}-s{cfg.seed}'
+
+
+def diff_keys(a: Config, b: Config) -> list[str]:
+  """Dotted keys whose values differ between two configs, ignoring RESUMABLE_KEYS."""
+  fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+  return [k for k in fa if fa[k] != fb[k] and not k.startswith(RESUMABLE_KEYS)]
+

@@ -1,0 +1,188 @@
+"""Document sources, named by a spec string (`data.corpus`).
+
+    corpus = open_corpus('stdlib')            # the running Python's standard library
+    corpus = open_corpus('files:data/**/*.md')  # every file the recursive glob matches
+    corpus = open_corpus('jsonl:web.jsonl:text')  # one document per line, field `text`
+    for doc in corpus.documents(): ...
+
+A corpus yields `Document(name, text)` in a fixed order. Names matter: the validation split
+hashes them (`dlmjax/data/store.py`), so they are chosen to be independent of where the
+corpus lies on disk (paths relative to the corpus root, the jsonl file's base name).
+Files are read as UTF-8 with undecodable bytes replaced; documents whose text is empty or
+only whitespace are skipped.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob
+import hashlib
+import json
+import os
+import pathlib
+import sysconfig
+from typing import Iterator, NamedTuple
+
+from dlmjax.errors import UserError
+
+# Directories of the standard library that are not the library itself: installed packages
+# and the test suites (which hold deliberately odd, generated or non-UTF-8 files).
+_STDLIB_SKIP_DIRS = frozenset({'site-packages', 'dist-packages', 'test', 'tests', 'idle_test',
+                               '__pycache__'})
+
+
+class Document(NamedTuple):
+  name: str
+  text: str
+
+
+class Corpus(abc.ABC):
+  """A deterministic sequence of documents and a fingerprint of their content."""
+
+  spec: str
+
+  @abc.abstractmethod
+  def documents(self) -> Iterator[Document]:
+    """Yields the non-empty documents, always in the same order."""
+
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """Hex sha256 over the names and contents; it changes iff the documents may change."""
+
+  def size_hint(self) -> int | None:
+    """An upper bound on the number of documents (for progress bars), or None."""
+    return None
+
+
+def _is_empty(text: str) -> bool:
+  return not text.strip()
+
+
+class FilesCorpus(Corpus):
+  """Files under a root directory, one document each, named by their relative posix path."""
+
+  def __init__(self, spec: str, root: pathlib.Path, names: list[str]):
+    self.spec = spec
+    self.root = root
+    self.names = names  # sorted relative posix paths
+
+  def documents(self) -> Iterator[Document]:
+    for name in self.names:
+      text = (self.root / name).read_bytes().decode('utf-8', errors='replace')
+      if not _is_empty(text):
+        yield Document(name, text)
+
+  def fingerprint(self) -> str:
+    # Raw bytes rather than decoded text: the documents are a function of the bytes, and
+    # hashing 12 MB of stdlib this way takes a few tens of milliseconds.
+    h = hashlib.sha256(b'dlmjax-files-v1\0')
+    for name in self.names:
+      data = (self.root / name).read_bytes()
+      h.update(f'{name}\0{len(data)}\0'.encode())
+      h.update(data)
+    return h.hexdigest()
+
+  def size_hint(self) -> int:
+    return len(self.names)
+
+
+def _stdlib_corpus() -> FilesCorpus:
+  root = pathlib.Path(sysconfig.get_paths()['stdlib'])
+  names = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    # Pruning in place keeps os.walk out of site-packages, which may be large.
+    dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
+    rel = pathlib.Path(dirpath).relative_to(root)
+    names += [(rel / f).as_posix() for f in filenames if f.endswith('.py')]
+  if not names:
+    raise UserError(f'data.corpus=stdlib: no .py files found under {str(root)!r}')
+  return FilesCorpus('stdlib', root, sorted(names))
+
+
+def _glob_root(pattern: str) -> pathlib.Path:
+  """The directory a glob is relative to: its longest leading part without wildcards."""
+  parts = pathlib.Path(pattern).parts
+  fixed = []
+  for part in parts[:-1]:
+    if glob.has_magic(part):
+      break
+    fixed.append(part)
+  return pathlib.Path(*fixed) if fixed else pathlib.Path('.')
+
+
+def _files_corpus(spec: str, pattern: str) -> FilesCorpus:
+  if not pattern:
+    raise UserError(f'data.corpus={spec!r}: give a glob after files:, e.g. files:docs/**/*.md')
+  pattern = os.path.expanduser(pattern)
+  root = _glob_root(pattern)
+  matches = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True)]
+  names = sorted({p.relative_to(root).as_posix() for p in matches if p.is_file()})
+  if not names:
+    raise UserError(f'data.corpus={spec!r}: the glob {pattern!r} matches no files')
+  return FilesCorpus(spec, root, names)
+
+
+class JsonlCorpus(Corpus):
+  """One document per line of a JSON-lines file: the string at `field`; named `FILE:LINENO`."""
+
+  def __init__(self, spec: str, path: pathlib.Path, field: str):
+    self.spec = spec
+    self.path = path
+    self.field = field
+
+  def documents(self) -> Iterator[Document]:
+    with open(self.path, 'rb') as f:
+      for lineno, raw in enumerate(f, start=1):
+        if not raw.strip():
+          continue
+        where = f'{str(self.path)!r} line {lineno}'
+        try:
+          record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+          raise UserError(f'data.corpus={self.spec!r}: {where} is not valid JSON ({e})') from None
+        if not isinstance(record, dict) or self.field not in record:
+          raise UserError(f'data.corpus={self.spec!r}: {where} has no field {self.field!r}')
+        text = record[self.field]
+        if not isinstance(text, str):
+          raise UserError(f'data.corpus={self.spec!r}: {where} field {self.field!r} is '
+                          f'{type(text).__name__}, not a string')
+        if not _is_empty(text):
+          # The base name, not the path: moving the file keeps the validation split.
+          yield Document(f'{self.path.name}:{lineno}', text)
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(b'dlmjax-jsonl-v1\0')
+    h.update(f'{self.path.name}\0{self.field}\0'.encode())
+    with open(self.path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        h.update(block)
+    return h.hexdigest()
+
+  def size_hint(self) -> int:
+    with open(self.path, 'rb') as f:
+      return sum(block.count(b'\n') for block in iter(lambda: f.read(1 << 20), b'')) + 1
+
+
+def _jsonl_corpus(spec: str, rest: str) -> JsonlCorpus:
+  path, sep, field = rest.rpartition(':')
+  if not sep or not path or not field:
+    raise UserError(f'data.corpus={spec!r}: expected jsonl:PATH:FIELD')
+  p = pathlib.Path(os.path.expanduser(path))
+  if not p.is_file():
+    raise UserError(f'data.corpus={spec!r}: the file {path!r} does not exist')
+  return JsonlCorpus(spec, p, field)
+
+
+def open_corpus(spec: str) -> Corpus:
+  """The corpus named by `spec`: `stdlib`, `files:GLOB` or `jsonl:PATH:FIELD`.
+
+  Raises UserError naming the spec when it is malformed or matches nothing.
+  """
+  if spec == 'stdlib':
+    return _stdlib_corpus()
+  kind, sep, rest = spec.partition(':')
+  if sep and kind == 'files':
+    return _files_corpus(spec, rest)
+  if sep and kind == 'jsonl':
+    return _jsonl_corpus(spec, rest)
+  raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB or jsonl:PATH:FIELD')

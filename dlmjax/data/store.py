@@ -1,0 +1,245 @@
+"""The token store: every document's ids on disk, built once per corpus and tokenizer.
+
+    tokenizer, store = prepare_data(cfg.data)
+    store.tokens[store.doc_starts[i]:store.doc_starts[i + 1]]   # == store.doc(i)
+
+Document i is stored as `[BOS] + tokenizer.encode(text) + [EOS]`, all documents end to end
+in one flat memmap (`T` tokens, uint16 while the vocabulary fits). Alongside: the document
+bounds, names, UTF-8 sizes, the validation flag and the tokenizer's `token_bytes`.
+
+A store lives in `CACHE/stores/<key>/`, where the key hashes the corpus fingerprint, the
+tokenizer fingerprint and `val_fraction`: changing any file of the corpus, the tokenizer or
+the split builds a new store, and anything else reuses it. `CACHE` is `data.cache_dir`, else
+`$DLMJAX_CACHE`, else `~/.cache/dlmjax`. A store is built in a temporary directory next to
+its final place and renamed into it, so a reader never sees half a store; when two processes
+build the same store at once, the one that renames second discards its copy and uses the
+first's.
+
+The validation split is by document name: a document is held out when sha1(name), read as a
+fraction in [0, 1), is below `val_fraction`. Names are stable across machines, and adding
+documents to a corpus never moves an old document between the splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+import numpy as np
+
+from dlmjax.data import corpus as corpus_lib
+from dlmjax.data import tokenizer as tokenizer_lib
+from dlmjax.errors import UserError
+
+# Bump when the on-disk layout or the meaning of stored ids changes: old stores are ignored.
+STORE_VERSION = 1
+_ENCODE_CHUNK_DOCS = 256
+
+
+def cache_root(data_cfg) -> pathlib.Path:
+  """`data.cache_dir`, else $DLMJAX_CACHE, else ~/.cache/dlmjax."""
+  root = data_cfg.cache_dir or os.environ.get('DLMJAX_CACHE') or '~/.cache/dlmjax'
+  return pathlib.Path(os.path.expanduser(root))
+
+
+def val_hash(name: str) -> float:
+  """sha1 of a document name as a fraction in [0, 1); below val_fraction means validation."""
+  return int.from_bytes(hashlib.sha1(name.encode('utf-8')).digest()[:8], 'big') / 2.0**64
+
+
+def is_val_name(name: str, val_fraction: float) -> bool:
+  return val_hash(name) < val_fraction
+
+
+class TokenStore:
+  """A built store opened read-only.
+
+  Attributes:
+    tokens: np.memmap uint16 (uint32 for vocabularies over 65536) [T], documents end to end.
+    doc_starts: int64 [N + 1]; document i is tokens[doc_starts[i]:doc_starts[i + 1]].
+    doc_names: N names (list[str]).
+    doc_bytes: int64 [N], UTF-8 bytes of each document's text.
+    is_val: bool [N], held out for validation.
+    token_bytes: int32 [V], the tokenizer's bytes per id (to count bytes of cut documents).
+    corpus: the `data.corpus` spec this store was opened for.
+  """
+
+  def __init__(self, directory: str | os.PathLike, corpus: str = ''):
+    self.path = pathlib.Path(directory)
+    meta_file = self.path / 'meta.json'
+    if not meta_file.is_file():
+      raise UserError(f'{str(self.path)!r} is not a token store (no meta.json)')
+    self.meta = json.loads(meta_file.read_text())
+    self.corpus = corpus or self.meta['corpus']
+    self.vocab_size = int(self.meta['vocab_size'])
+    num_tokens = int(self.meta['num_tokens'])
+    self.tokens = np.memmap(self.path / 'tokens.bin', dtype=np.dtype(self.meta['dtype']),
+                            mode='r', shape=(num_tokens,))
+    self.doc_starts = np.load(self.path / 'doc_starts.npy')
+    self.doc_bytes = np.load(self.path / 'doc_bytes.npy')
+    self.is_val = np.load(self.path / 'is_val.npy')
+    self.token_bytes = np.load(self.path / 'token_bytes.npy')
+    self.doc_names = json.loads((self.path / 'doc_names.json').read_text(encoding='utf-8'))
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.doc_names)
+
+  @property
+  def num_tokens(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def doc_lengths(self) -> np.ndarray:
+    """int64 [N]: tokens of each document, BOS and EOS included."""
+    return np.diff(self.doc_starts)
+
+  def doc(self, i: int) -> np.ndarray:
+    """Document i's ids (a memmap view), BOS and EOS included."""
+    return self.tokens[self.doc_starts[i]:self.doc_starts[i + 1]]
+
+  def __repr__(self) -> str:
+    return (f'TokenStore({self.corpus!r}, {self.num_docs} docs, {self.num_tokens} tokens, '
+            f'{int(self.is_val.sum())} held out, at {str(self.path)!r})')
+
+
+def store_key(corpus_fingerprint: str, tokenizer_fingerprint: str, val_fraction: float) -> str:
+  text = f'v{STORE_VERSION}\0{corpus_fingerprint}\0{tokenizer_fingerprint}\0{val_fraction!r}'
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _progress(total: int | None, description: str):
+  """A rich progress bar with ETA on stderr when it is a terminal; else a no-op."""
+  if not sys.stderr.isatty():
+    return None
+  from rich import progress
+  from rich.console import Console
+
+  bar = progress.Progress(
+      progress.TextColumn('{task.description}'), progress.BarColumn(),
+      progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), progress.TimeRemainingColumn(),
+      console=Console(stderr=True), transient=True)
+  bar.add_task(description, total=total)
+  return bar
+
+
+def _chunks(docs: Iterator[corpus_lib.Document], size: int) -> Iterator[list]:
+  chunk = []
+  for doc in docs:
+    chunk.append(doc)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+def build_store(directory: pathlib.Path, corpus: corpus_lib.Corpus,
+                tokenizer: tokenizer_lib.Tokenizer, val_fraction: float,
+                corpus_fingerprint: str = '') -> None:
+  """Writes a store of `corpus` into the (new, empty) `directory`; not atomic by itself."""
+  dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+  names, num_bytes, lengths = [], [], []
+  bar = _progress(corpus.size_hint(), f'tokenizing {corpus.spec}')
+  t0 = time.time()
+  with open(directory / 'tokens.bin', 'wb') as f:
+    if bar:
+      bar.start()
+    try:
+      for chunk in _chunks(corpus.documents(), _ENCODE_CHUNK_DOCS):
+        texts = [d.text for d in chunk]
+        pieces = []
+        for ids in tokenizer.encode_batch_np(texts):
+          pieces += [np.array([tokenizer_lib.BOS_ID], dtype), ids.astype(dtype),
+                     np.array([tokenizer_lib.EOS_ID], dtype)]
+          lengths.append(len(ids) + 2)
+        f.write(np.concatenate(pieces).tobytes())
+        names += [d.name for d in chunk]
+        num_bytes += [len(t.encode('utf-8')) for t in texts]
+        if bar:
+          bar.advance(bar.task_ids[0], len(chunk))
+    finally:
+      if bar:
+        bar.stop()
+  if not names:
+    raise UserError(f'data.corpus={corpus.spec!r} holds no non-empty documents')
+  doc_starts = np.zeros(len(names) + 1, np.int64)
+  np.cumsum(lengths, out=doc_starts[1:])
+  np.save(directory / 'doc_starts.npy', doc_starts)
+  np.save(directory / 'doc_bytes.npy', np.array(num_bytes, np.int64))
+  np.save(directory / 'is_val.npy', np.array([is_val_name(n, val_fraction) for n in names], bool))
+  np.save(directory / 'token_bytes.npy', tokenizer.token_bytes())
+  (directory / 'doc_names.json').write_text(json.dumps(names), encoding='utf-8')
+  tokenizer.save(directory)
+  meta = {
+      'version': STORE_VERSION, 'corpus': corpus.spec, 'corpus_fingerprint': corpus_fingerprint,
+      'tokenizer': tokenizer.kind, 'tokenizer_fingerprint': tokenizer.fingerprint(),
+      'vocab_size': tokenizer.vocab_size, 'dtype': np.dtype(dtype).name,
+      'num_tokens': int(doc_starts[-1]), 'num_docs': len(names), 'val_fraction': val_fraction,
+      'build_s': round(time.time() - t0, 3),
+  }
+  # Written last: a directory with meta.json is complete.
+  (directory / 'meta.json').write_text(json.dumps(meta, indent=1) + '\n')
+
+
+def _publish(tmp: pathlib.Path, final: pathlib.Path) -> None:
+  """Renames the built `tmp` to `final`; if another builder got there first, keeps theirs."""
+  try:
+    os.rename(tmp, final)
+  except OSError:
+    if not (final / 'meta.json').is_file():
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cached_tokenizer(data_cfg, corpus: corpus_lib.Corpus, corpus_fp: str,
+                      root: pathlib.Path) -> tokenizer_lib.Tokenizer:
+  """The tokenizer for `data_cfg`; a trained BPE is cached by corpus, split and vocabulary."""
+  def train_texts() -> Iterator[str]:
+    for doc in corpus.documents():
+      if not is_val_name(doc.name, data_cfg.val_fraction):
+        yield doc.text
+
+  if data_cfg.tokenizer != 'bpe':
+    return tokenizer_lib.build_tokenizer(data_cfg, train_texts)
+  key = hashlib.sha256(f'bpe-v1\0{corpus_fp}\0{data_cfg.val_fraction!r}\0'
+                       f'{data_cfg.bpe_vocab_size}'.encode()).hexdigest()[:20]
+  directory = root / 'tokenizers' / key
+  if (directory / tokenizer_lib.TOKENIZER_FILE).is_file():
+    return tokenizer_lib.load_tokenizer(directory)
+  tok = tokenizer_lib.build_tokenizer(data_cfg, train_texts)
+  tok.save(directory)  # atomic: concurrent trainers write identical files
+  return tok
+
+
+def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
+  """The tokenizer and token store for `data_cfg` (a DataConfig), built on first use.
+
+  Raises UserError for a bad corpus spec or an unreadable cache directory.
+  """
+  corpus = corpus_lib.open_corpus(data_cfg.corpus)
+  corpus_fp = corpus.fingerprint()
+  root = cache_root(data_cfg)
+  try:
+    (root / 'stores').mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'data.cache_dir: cannot create {str(root)!r} ({e.strerror})') from None
+  tokenizer = _cached_tokenizer(data_cfg, corpus, corpus_fp, root)
+  key = store_key(corpus_fp, tokenizer.fingerprint(), data_cfg.val_fraction)
+  final = root / 'stores' / key
+  if not (final / 'meta.json').is_file():
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=root / 'stores', prefix=f'.{key}.tmp-'))
+    try:
+      build_store(tmp, corpus, tokenizer, data_cfg.val_fraction, corpus_fp)
+      _publish(tmp, final)
+    finally:
+      if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+  return tokenizer, TokenStore(final, corpus=data_cfg.corpus)

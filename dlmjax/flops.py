@@ -1,0 +1,90 @@
+"""Parameter and FLOP counts from the model config alone (no model is built).
+
+Training FLOPs per token follow the PaLM appendix-B convention that MaxText and nanodo use:
+6 x (non-embedding matmul parameters, output head included) for the forward and backward
+matmuls, plus 12 x n_layers x L x (n_heads x head_dim) for the attention scores and the
+weighted sum. Causal attention is counted in full (as PaLM does), so AR and MDM runs of the
+same shape cost the same FLOPs per token and their compute compares directly.
+"""
+
+from __future__ import annotations
+
+from dlmjax.config import ModelConfig
+
+
+def matmul_params(m: ModelConfig, vocab_size: int) -> int:
+  """Parameters that multiply activations: attention, MLP and the output head."""
+  d, dh, h, k = m.d_model, m.dh, m.n_heads, m.kv_heads
+  attn = d * (h + 2 * k) * dh + h * dh * d
+  mlp = 3 * d * m.d_ff
+  return m.n_layers * (attn + mlp) + d * vocab_size
+
+
+def num_params(m: ModelConfig, vocab_size: int) -> int:
+  """All parameters: matmuls, input embedding (unless tied) and norms."""
+  norms = m.n_layers * 2 * m.d_model + m.d_model
+  if m.qk_norm:
+    norms += m.n_layers * 2 * m.dh
+  embed = 0 if m.tie_embeddings else vocab_size * m.d_model
+  return matmul_params(m, vocab_size) + embed + norms
+
+
+def train_flops_per_token(m: ModelConfig, vocab_size: int, seq_len: int) -> float:
+  """Forward + backward FLOPs per token of a training step."""
+  attention = 12 * m.n_layers * seq_len * m.n_heads * m.dh
+  return 6.0 * matmul_params(m, vocab_size) + attention
+
+
+def forward_flops_per_token(m: ModelConfig, vocab_size: int, seq_len: int) -> float:
+  """Forward-only FLOPs per token (evaluation, sampling)."""
+  return train_flops_per_token(m, vocab_size, seq_len) / 3.0
+
+
+# Dense peak FLOP/s per chip from the vendors' data sheets, by jax `device_kind` prefix.
+PEAK_FLOPS = {
+    'NVIDIA H100': {'bfloat16': 989e12, 'float32': 67e12},
+    'NVIDIA H200': {'bfloat16': 989e12, 'float32': 67e12},
+    'NVIDIA A100': {'bfloat16': 312e12, 'float32': 19.5e12},
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12 / 4},
+    'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12 / 4},
+    'TPU v5p': {'bfloat16': 459e12, 'float32': 459e12 / 4},
+    'TPU v5': {'bfloat16': 459e12, 'float32': 459e12 / 4},
+    'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12 / 4},
+}
+
+_measured: dict[str, float] = {}
+
+
+def measure_matmul_flops(n: int = 1024, dtype: str = 'float32', seconds: float = 0.5) -> float:
+  """Measured FLOP/s of a jitted n x n x n matmul on the default device (best of repeats)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best, deadline = 0.0, time.perf_counter() + seconds
+  while time.perf_counter() < deadline:
+    t = time.perf_counter()
+    for _ in range(4):
+      out = f(a, a)
+    out.block_until_ready()
+    best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t))
+  return best
+
+
+def device_peak_flops(dtype: str) -> float:
+  """Peak FLOP/s of one device: the data sheet for accelerators, a measured matmul on CPU."""
+  import jax
+
+  kind = jax.devices()[0].device_kind
+  for prefix, peaks in PEAK_FLOPS.items():
+    if kind.startswith(prefix):
+      return peaks.get(dtype, peaks['bfloat16']) * jax.device_count()
+  # CPU "devices" (forced host devices included) share the same cores: measure once.
+  key = f'{kind}:{dtype}'
+  if key not in _measured:
+    _measured[key] = measure_matmul_flops(dtype=dtype)
+  return _measured[key]

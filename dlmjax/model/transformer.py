@@ -1,0 +1,235 @@
+"""The decoder-only transformer shared by every objective; `causal` is the only switch.
+
+    model = Transformer(cfg.model, vocab_size, rngs=nnx.Rngs(0))
+    logits_BxLxV = model(tokens_BxL, segment_ids_BxL, positions_BxL, causal=True)
+
+Legend: B batch, L length, D d_model, H query heads, K key/value heads, G = H // K query
+heads per kv head, Dh head dim, F d_ff, V vocabulary.
+
+Pre-norm blocks (RMSNorm -> GQA attention with RoPE -> residual, RMSNorm -> SwiGLU ->
+residual), a final RMSNorm and an output projection (untied unless `tie_embeddings`). AR and
+the diffusion model are the same network: an AR run calls it with `causal=True`, a DLM with
+`causal=False`, so a comparison changes nothing else.
+
+The layers are a plain Python loop, not `nnx.scan`: at the depths trained here (2-32 layers)
+XLA compiles the unrolled loop in seconds on CPU, it fuses across block boundaries, and each
+parameter keeps its natural shape (no stacked 'layers' axis for the sharding rules to carry).
+
+Every parameter carries logical axis names (`LOGICAL_AXES`) as `out_sharding` metadata, and
+`eager_sharding=False` so that building the model never needs a mesh; `dlmjax/sharding.py`
+maps the names onto mesh axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlmjax.config import ModelConfig
+from dlmjax.model import attention, fused
+
+# The logical axis names parameters carry. 'qkv' indexes the fused projection's G + 2 slots
+# per kv head (G query heads, then k, then v); 'gate_up' its two SwiGLU halves.
+LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """What the forward pass reads from ModelConfig, frozen: a module's static attributes end up
+  in its graphdef, which jit hashes, and ModelConfig (mutable) is not hashable."""
+
+  kv_heads: int
+  groups: int  # G = H // K
+  dh: int
+  dtype: str
+  rope_theta: float
+  qk_norm: bool
+  tie_embeddings: bool
+  attention: str
+  remat: str
+  attn_dropout: float
+  mlp_dropout: float
+  resid_dropout: float
+
+  @classmethod
+  def of(cls, cfg: ModelConfig) -> '_Static':
+    return cls(kv_heads=cfg.kv_heads, groups=cfg.n_heads // cfg.kv_heads, dh=cfg.dh,
+               dtype=cfg.dtype, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
+               tie_embeddings=cfg.tie_embeddings, attention=cfg.attention, remat=cfg.remat,
+               attn_dropout=cfg.attn_dropout, mlp_dropout=cfg.mlp_dropout,
+               resid_dropout=cfg.resid_dropout)
+
+
+def _param(init, key, shape, dtype, names) -> nnx.Param:
+  return nnx.Param(init(key, shape, dtype), sharding_names=names, eager_sharding=False)
+
+
+def _normal(std: float):
+  return jax.nn.initializers.normal(std)
+
+
+def _ones(key, shape, dtype):
+  del key
+  return jnp.ones(shape, dtype)
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * scale over the last axis, computed in float32."""
+
+  def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = _param(_ones, rngs.params(), (dim,), param_dtype, ('norm',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_tables(positions_BxL: jax.Array, dh: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos, sin float32 BxLx(Dh/2) for the rotary embedding at `positions_BxL`."""
+  inv_freq = theta ** (-jnp.arange(0, dh, 2, dtype=jnp.float32) / dh)
+  angle_BxLxDh2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angle_BxLxDh2), jnp.sin(angle_BxLxDh2)
+
+
+def apply_rope(x_BxLxNxDh: jax.Array, cos_BxLxDh2: jax.Array, sin_BxLxDh2: jax.Array) -> jax.Array:
+  """Rotates pairs (i, i + Dh/2) of every head (the rotate-half layout of Llama/MaxText)."""
+  x1, x2 = jnp.split(x_BxLxNxDh.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos_BxLxDh2[:, :, None], sin_BxLxDh2[:, :, None]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxDh.dtype)
+
+
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  if rate <= 0.0 or rng is None:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class Block(nnx.Module):
+  """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    d, k, g, dh, f = cfg.d_model, cfg.kv_heads, cfg.n_heads // cfg.kv_heads, cfg.dh, cfg.d_ff
+    pdt = jnp.dtype(cfg.param_dtype)
+    # Residual-branch outputs are scaled by 1/sqrt(2 n_layers) (GPT-2) so that the residual
+    # stream's variance at init does not grow with depth.
+    out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    self.static = _Static.of(cfg)
+    self.attn_norm = RMSNorm(d, cfg.norm_eps, pdt, rngs=rngs)
+    # One fused q/k/v matmul, laid out per kv head: slots 0..G-1 are its query heads, G is its
+    # key, G + 1 its value. Sharding 'kv_heads' then keeps each group on one device.
+    self.w_qkv = _param(_normal(cfg.init_std), rngs.params(), (d, k, g + 2, dh), pdt,
+                        ('embed', 'kv_heads', 'qkv', 'head_dim'))
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(dh, cfg.norm_eps, pdt, rngs=rngs)
+      self.k_norm = RMSNorm(dh, cfg.norm_eps, pdt, rngs=rngs)
+    self.w_o = _param(_normal(out_std), rngs.params(), (k * g, dh, d), pdt,
+                      ('heads', 'head_dim', 'embed'))
+    self.mlp_norm = RMSNorm(d, cfg.norm_eps, pdt, rngs=rngs)
+    # Gate and up projections fused into one matmul; the size-2 axis is left unsharded so a
+    # shard of 'mlp' holds matching gate and up columns.
+    self.w_gate_up = _param(_normal(cfg.init_std), rngs.params(), (d, 2, f), pdt,
+                            ('embed', None, 'mlp'))
+    self.w_down = _param(_normal(out_std), rngs.params(), (f, d), pdt, ('mlp', 'embed'))
+
+  def __call__(self, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, *, causal: bool,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    cfg = self.static
+    dt = jnp.dtype(cfg.dtype)
+    b, length, _ = x_BxLxD.shape
+    k, g, dh = cfg.kv_heads, cfg.groups, cfg.dh
+    rngs = [None] * 4 if dropout_rng is None else list(jax.random.split(dropout_rng, 4))
+
+    h_NxD = self.attn_norm(x_BxLxD).reshape(b * length, -1)
+    q_NxKxGxDh, k_NxKxDh, v_NxKxDh = fused.qkv_projection(h_NxD, self.w_qkv[...].astype(dt))
+    q_BxLxHxDh = q_NxKxGxDh.reshape(b, length, k * g, dh)
+    k_BxLxKxDh = k_NxKxDh.reshape(b, length, k, dh)
+    v_BxLxKxDh = v_NxKxDh.reshape(b, length, k, dh)
+    if cfg.qk_norm:
+      q_BxLxHxDh, k_BxLxKxDh = self.q_norm(q_BxLxHxDh), self.k_norm(k_BxLxKxDh)
+    q_BxLxHxDh = apply_rope(q_BxLxHxDh, cos_BxLxDh2, sin_BxLxDh2)
+    k_BxLxKxDh = apply_rope(k_BxLxKxDh, cos_BxLxDh2, sin_BxLxDh2)
+    o_BxLxHxDh = attention.attend(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL,
+                                  causal=causal, backend=cfg.attention,
+                                  dropout_rate=cfg.attn_dropout, dropout_rng=rngs[0])
+    a_BxLxD = jnp.einsum('blhk,hkd->bld', o_BxLxHxDh, self.w_o[...].astype(dt))
+    x_BxLxD = x_BxLxD + _dropout(a_BxLxD, cfg.resid_dropout, rngs[1])
+
+    h_BxLxD = self.mlp_norm(x_BxLxD)
+    w_gate_up_Dx2xF = self.w_gate_up[...].astype(dt)
+    w_down_FxD = self.w_down[...].astype(dt)
+    if cfg.mlp_dropout > 0.0 and rngs[2] is not None:
+      # Dropout sits between the two matmuls, where the hand-written backward has no slot.
+      gu_BxLx2xF = jnp.einsum('bld,dcf->blcf', h_BxLxD, w_gate_up_Dx2xF)
+      h_BxLxF = jax.nn.silu(gu_BxLx2xF[:, :, 0]) * gu_BxLx2xF[:, :, 1]
+      h_BxLxF = _dropout(h_BxLxF, cfg.mlp_dropout, rngs[2])
+      m_BxLxD = jnp.einsum('blf,fd->bld', h_BxLxF, w_down_FxD)
+    else:
+      m_BxLxD = fused.swiglu(h_BxLxD.reshape(b * length, -1), w_gate_up_Dx2xF,
+                              w_down_FxD).reshape(x_BxLxD.shape)
+    return x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3])
+
+
+class Transformer(nnx.Module):
+  """Token ids -> float32 logits over the vocabulary; see the module docstring."""
+
+  def __init__(self, cfg: ModelConfig, vocab_size: int, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.static = _Static.of(cfg)
+    self.vocab_size = vocab_size
+    self.embed = _param(_normal(cfg.init_std), rngs.params(), (vocab_size, cfg.d_model), pdt,
+                        ('vocab', 'embed'))
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.unembed = _param(_normal(cfg.init_std), rngs.params(), (cfg.d_model, vocab_size), pdt,
+                            ('embed', 'vocab'))
+
+  def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
+               positions_BxL: jax.Array, *, causal: bool,
+               dropout_rng: jax.Array | None = None) -> jax.Array:
+    """float32 logits BxLxV; dropout (rates in the config) only when `dropout_rng` is given."""
+    cfg = self.static
+    dt = jnp.dtype(cfg.dtype)
+    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
+    cos_BxLxDh2, sin_BxLxDh2 = rope_tables(positions_BxL, cfg.dh, cfg.rope_theta)
+
+    def run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng):
+      return block(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, causal=causal,
+                   dropout_rng=rng)
+
+    if cfg.remat == 'block':
+      # Keep only each block's input for the backward pass; recompute the rest.
+      run_block = nnx.remat(run_block)
+    for i, block in enumerate(self.blocks):
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      x_BxLxD = run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng)
+
+    x_BxLxD = self.final_norm(x_BxLxD)
+    if cfg.tie_embeddings:
+      logits_BxLxV = jnp.einsum('bld,vd->blv', x_BxLxD, self.embed[...].astype(dt),
+                                preferred_element_type=jnp.float32)
+    else:
+      logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembed[...].astype(dt),
+                                preferred_element_type=jnp.float32)
+    return logits_BxLxV.astype(jnp.float32)
+
+
+def count_params(model: nnx.Module) -> int:
+  """Number of parameter values (every nnx.Param, embeddings included)."""
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def apply(graphdef: nnx.GraphDef, state: nnx.State, tokens_BxL: jax.Array,
+          segment_ids_BxL: jax.Array, positions_BxL: jax.Array, *, causal: bool,
+          dropout_rng: jax.Array | None = None) -> jax.Array:
+  """The pure form of `Transformer.__call__` for jitted steps: `graphdef, state = nnx.split(m)`."""
+  return nnx.merge(graphdef, state)(tokens_BxL, segment_ids_BxL, positions_BxL, causal=causal,
+                                    dropout_rng=dropout_rng)

@@ -1,0 +1,126 @@
+"""Masked diffusion objective (MDLM / SMDM / the papers' recipe) and its Monte Carlo ELBO.
+
+Legend: B batch rows, L sequence length, V vocabulary.
+
+Forward process: draw t ~ U(eps, 1) per row, mask each target token (`prediction_mask`; a
+segment's first token is context and never masked) independently with probability
+1 - alpha_t, and predict the masked tokens with bidirectional attention. The continuous-time
+ELBO weights a masked token's cross-entropy by -alpha'_t / (1 - alpha_t):
+  linear  alpha_t = 1 - t          mask prob t               weight 1 / t
+  cosine  alpha_t = cos(pi t / 2)  mask prob 2 sin^2(pi t/4)  weight (pi / 2) / tan(pi t / 4)
+With exact conditionals the expectation of the summed weighted CE is the NLL of the targets
+given the context tokens (any-order autoregression), hence an upper bound for a learned model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dlmjax.config import Config
+from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask, token_ce
+
+
+def schedule(t_B: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
+  """(mask probability 1 - alpha_t, ELBO weight -alpha'_t / (1 - alpha_t)) at times t."""
+  if name == 'linear':
+    return t_B, 1.0 / t_B
+  if name == 'cosine':
+    # 1 - cos(x) = 2 sin^2(x / 2): no cancellation at small t.
+    quarter_B = 0.25 * math.pi * t_B
+    return 2.0 * jnp.sin(quarter_B) ** 2, 0.5 * math.pi / jnp.tan(quarter_B)
+  raise ValueError(f'unknown mdm schedule {name!r}; known: linear, cosine')
+
+
+def sample_t(rng: jax.Array, batch_size: int, eps: float, *, antithetic: bool) -> jax.Array:
+  """float32 B times in [eps, 1); antithetic: one uniform shifted by i / B (MDLM's sampler)."""
+  if antithetic:
+    u_B = (jax.random.uniform(rng, ()) + jnp.arange(batch_size) / batch_size) % 1.0
+  else:
+    u_B = jax.random.uniform(rng, (batch_size,))
+  return eps + (1.0 - eps) * u_B
+
+
+def cut_random_lengths(batch: dict, rng: jax.Array, frac: float) -> dict:
+  """Each row, with probability `frac`, keeps only a prefix of uniform length in 1..L; the rest
+  becomes padding. SMDM does this for 1% of its batches so that the model also sees short,
+  padded inputs, as at generation time."""
+  b, length = batch['tokens'].shape
+  pick_rng, len_rng = jax.random.split(rng)
+  cut_B = jnp.where(jax.random.bernoulli(pick_rng, frac, (b,)),
+                    jax.random.randint(len_rng, (b,), 1, length + 1), length)
+  keep_BxL = jnp.arange(length)[None, :] < cut_B[:, None]
+  return dict(batch,
+              tokens=jnp.where(keep_BxL, batch['tokens'], PAD_ID),
+              segment_ids=jnp.where(keep_BxL, batch['segment_ids'], 0),
+              positions=jnp.where(keep_BxL, batch['positions'], 0))
+
+
+class Corrupted(NamedTuple):
+  batch: dict  # the batch the model sees (after any random-length cut), clean tokens
+  inputs_BxL: jax.Array  # tokens with MASK_ID where masked
+  masked_BxL: jax.Array  # bool: masked targets, the only tokens the loss scores
+  is_target_BxL: jax.Array  # bool: prediction_mask of `batch`
+  t_B: jax.Array
+  weight_B: jax.Array  # -alpha'_t / (1 - alpha_t)
+
+
+def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupted:
+  """The forward process. `train=False` (evaluation) skips random lengths and antithetic t."""
+  t_rng, mask_rng, len_rng = jax.random.split(rng, 3)
+  if train and cfg.mdm.random_length_frac > 0.0:
+    batch = cut_random_lengths(batch, len_rng, cfg.mdm.random_length_frac)
+  tokens_BxL = batch['tokens']
+  b = tokens_BxL.shape[0]
+  t_B = sample_t(t_rng, b, cfg.mdm.eps, antithetic=train and cfg.mdm.antithetic)
+  mask_prob_B, weight_B = schedule(t_B, cfg.mdm.schedule)
+  is_target_BxL = prediction_mask(batch['segment_ids'])
+  masked_BxL = is_target_BxL & (jax.random.uniform(mask_rng, tokens_BxL.shape)
+                                < mask_prob_B[:, None])
+  inputs_BxL = jnp.where(masked_BxL, MASK_ID, tokens_BxL)
+  return Corrupted(batch, inputs_BxL, masked_BxL, is_target_BxL, t_B, weight_B)
+
+
+def _weighted_ce(model, c: Corrupted, dropout_rng) -> jax.Array:
+  """float32 BxL: weight * CE at masked targets, exactly 0 (no gradient) elsewhere."""
+  logits_BxLxV = model(c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'], causal=False,
+                       dropout_rng=dropout_rng)
+  ce_BxL = token_ce(logits_BxLxV, c.batch['tokens'])
+  return jnp.where(c.masked_BxL, ce_BxL * c.weight_B[:, None], 0.0)
+
+
+def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, dict]:
+  """The diffusion training loss (normalised by `cfg.mdm.loss_norm`) and metrics."""
+  corrupt_rng, dropout_rng = jax.random.split(rng)
+  c = corrupt(batch, corrupt_rng, cfg, train=True)
+  m = cfg.model
+  use_dropout = max(m.attn_dropout, m.mlp_dropout, m.resid_dropout) > 0.0
+  wce_BxL = _weighted_ce(model, c, dropout_rng if use_dropout else None)
+  n_B = c.is_target_BxL.sum(axis=1)
+  n = n_B.sum()
+  if cfg.mdm.loss_norm == 'token':
+    # Every target token of the batch counts once, masked or not: the ELBO per target token.
+    value = wce_BxL.sum() / jnp.maximum(n, 1)
+  else:
+    # Each row's ELBO per target token, averaged over the rows that have targets (a row of
+    # pure padding says nothing and must not dilute the mean).
+    per_row_B = wce_BxL.sum(axis=1) / jnp.maximum(n_B, 1)
+    has_B = n_B > 0
+    value = jnp.where(has_B, per_row_B, 0.0).sum() / jnp.maximum(has_B.sum(), 1)
+  metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
+             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean()}
+  return value, metrics
+
+
+def nll(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
+  """One Monte Carlo sample of the ELBO: (float32 B summed nats per row, int32 B targets).
+
+  Unbiased for the ELBO over t ~ U(eps, 1); the evaluator averages K calls with different
+  `rng`. No dropout, no random lengths, no antithetic sampling.
+  """
+  c = corrupt(batch, rng, cfg, train=False)
+  wce_BxL = _weighted_ce(model, c, None)
+  return wce_BxL.sum(axis=1), c.is_target_BxL.sum(axis=1).astype(jnp.int32)

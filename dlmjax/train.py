@@ -1,0 +1,412 @@
+"""Training: `python -m dlmjax.train [CONFIG.yaml ...] [key=value ...]`.
+
+One path: config -> data (token store, budget, epochs, packed batches) -> a pure train step,
+jitted once with explicit shardings and a donated state -> metrics.jsonl, periodic
+validation (eval.jsonl) and checkpoints -> result.json, written atomically last.
+
+Re-running the same command resumes from the latest checkpoint (params, optimizer state,
+step, rng and the data iterator's position), and does nothing if result.json exists.
+SIGTERM or Ctrl-C saves a checkpoint and exits 0. A non-finite loss stops the run (exit 3)
+and keeps the last good checkpoint.
+
+The train step knows nothing about the objective: it calls `objective.loss(model, batch,
+rng, cfg)` through `jax.value_and_grad`, as nanodo does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+
+from dlmjax import config as config_lib
+from dlmjax import flops, objectives, sharding
+from dlmjax.checkpoint import Checkpointer
+from dlmjax.config import Config
+from dlmjax.data import budget, pipeline, store as store_lib
+from dlmjax.errors import UserError, exit_on_user_error
+from dlmjax.eval import likelihood
+from dlmjax.model.transformer import Transformer
+from dlmjax.progress import StepProgress
+from dlmjax.rundir import (RunDir, append_jsonl, read_jsonl, truncate_jsonl,
+                           write_json_atomic, write_text_atomic)
+
+EXIT_NONFINITE = 3
+
+
+# ---------------------------------------------------------------------------------------
+# The model, the optimizer and the pure train step.
+
+def build_model(cfg: Config, *, abstract: bool = False) -> Transformer:
+  make = lambda: Transformer(cfg.model, cfg.model.vocab_size, rngs=nnx.Rngs(params=cfg.seed))
+  return nnx.eval_shape(make) if abstract else make()
+
+
+def lr_schedule(cfg: Config, num_steps: int) -> optax.Schedule:
+  o = cfg.optimizer
+  warmup = o.warmup_steps or int(o.warmup_frac * num_steps)
+  warmup = min(warmup, max(num_steps - 1, 0))
+  final = o.lr * o.min_lr_ratio
+  if o.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(num_steps, warmup + 1), final)
+  ramp = optax.linear_schedule(0.0, o.lr, max(warmup, 1))
+  if o.schedule == 'constant':
+    return optax.join_schedules([ramp, optax.constant_schedule(o.lr)], [warmup])
+  # warmup-stable-decay: hold the peak, then decay linearly over the last decay_frac.
+  decay = max(int(o.decay_frac * num_steps), 1)
+  stable = max(num_steps - decay - warmup, 0)
+  return optax.join_schedules(
+      [ramp, optax.constant_schedule(o.lr), optax.linear_schedule(o.lr, final, decay)],
+      [warmup, warmup + stable])
+
+
+def make_optimizer(cfg: Config, num_steps: int) -> tuple[optax.GradientTransformation, Any]:
+  o = cfg.optimizer
+  schedule = lr_schedule(cfg, num_steps)
+  # Decay matrices and embeddings, not norm scales (the usual AdamW recipe).
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                      mask=decay_mask)
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip else adamw
+  return tx, schedule
+
+
+@dataclasses.dataclass
+class Trainer:
+  """The jitted pieces of a run, built once from the config and the mesh."""
+
+  cfg: Config
+  mesh: jax.sharding.Mesh
+  num_steps: int
+
+  def __post_init__(self):
+    cfg = self.cfg
+    self.objective = objectives.get(cfg.objective)
+    abstract_model = build_model(cfg, abstract=True)
+    self.graphdef, self.abstract_params_state = nnx.split(abstract_model)
+    self.tx, self.schedule = make_optimizer(cfg, self.num_steps)
+
+    params_shape = nnx.to_pure_dict(self.abstract_params_state)
+    logical = nnx.to_pure_dict(nnx.get_partition_spec(self.abstract_params_state))
+    param_sh = sharding.tree_shardings(logical, params_shape, self.mesh)
+    opt_shape = jax.eval_shape(self.tx.init, params_shape)
+    repl = sharding.replicated(self.mesh)
+    opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, opt_shape, param_sh,
+                                   transform_non_params=lambda _: repl)
+    self.state_shardings = {'params': param_sh, 'opt_state': opt_sh, 'step': repl, 'rng': repl}
+    shapes = {'params': params_shape, 'opt_state': opt_shape,
+              'step': jax.ShapeDtypeStruct((), jnp.int32),
+              'rng': jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    self.abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        shapes, self.state_shardings)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+
+    self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
+    self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+                         out_shardings=(self.state_shardings, repl), donate_argnums=0)
+
+  def model(self, params: dict) -> nnx.Module:
+    return likelihood.merge_params(self.graphdef, self.abstract_params_state, params)
+
+  def _init_state(self) -> dict:
+    model = build_model(self.cfg)
+    params = nnx.to_pure_dict(nnx.split(model)[1])
+    return {'params': params, 'opt_state': self.tx.init(params),
+            'step': jnp.zeros((), jnp.int32), 'rng': jax.random.PRNGKey(self.cfg.seed)}
+
+  def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    # One key per step, derived from the step, so a resumed run draws the same masks.
+    rng = jax.random.fold_in(state['rng'], state['step'])
+
+    def loss_fn(params):
+      return self.objective.loss(self.model(params), batch, rng, self.cfg)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   lr=self.schedule(state['step']))
+    new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1,
+                 'rng': state['rng']}
+    return new_state, metrics
+
+  def init(self) -> dict:
+    return self._init()
+
+  def compile(self, local_batch_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Lowers and compiles the step before the loop (compile time is not step time)."""
+    global_rows = self.cfg.train.batch_size
+    batch = {k: jax.ShapeDtypeStruct((global_rows,) + s[1:], jnp.int32, sharding=self.batch_sharding)
+             for k, s in local_batch_shapes.items()}
+    self._step = self._step.lower(self.abstract_state, batch).compile()
+
+  def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+    return self._step(state, batch)
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation points, run set-up and the loop.
+
+def eval_steps(cfg: Config, num_steps: int) -> set[int]:
+  """Steps (1-based counts) after which validation runs; always includes the last."""
+  if cfg.eval.every:
+    points = set(range(cfg.eval.every, num_steps + 1, cfg.eval.every))
+  else:
+    points = {int(round(x)) for x in np.linspace(0, num_steps, cfg.eval.num_evals + 1)[1:]}
+  return {p for p in points if p > 0} | {num_steps}
+
+
+def tokens_seen(data: pipeline.TrainData, step: int) -> int:
+  """Training tokens (padding excluded) in the first `step` global batches."""
+  return min(step * data.tokens_per_batch, data.total_tokens)
+
+
+def resolve_run_dir(cfg: Config) -> RunDir:
+  if not cfg.run_dir:
+    cfg.run_dir = config_lib.default_run_dir(cfg)
+  rd = RunDir(cfg.run_dir)
+  if rd.config.is_file():
+    try:
+      previous = config_lib.from_dict(yaml.safe_load(rd.config.read_text()))
+    except UserError as e:
+      raise UserError(f'{rd.config} cannot be read back ({e}); use a new run_dir') from None
+    # vocab_size is resolved from the tokenizer at start-up; compare like with like.
+    if not cfg.model.vocab_size:
+      cfg.model.vocab_size = previous.model.vocab_size
+    changed = config_lib.diff_keys(previous, cfg)
+    if changed:
+      raise UserError(f'run_dir {rd.path} holds a run with a different config (key '
+                      f'{changed[0]!r}: {config_lib.flatten(config_lib.to_dict(previous))[changed[0]]!r}'
+                      f' there); use another run_dir')
+  return rd
+
+
+def _install_stop_handlers() -> dict:
+  """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits after the step."""
+  flag = {'stop': None}
+  if threading.current_thread() is threading.main_thread():
+    def handler(signum, _frame):
+      flag['stop'] = signal.Signals(signum).name
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+  return flag
+
+
+def _log(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def run(cfg: Config) -> dict:
+  """Trains (or resumes) the run described by `cfg`; returns its result dict."""
+  t_start = time.time()
+  rd = resolve_run_dir(cfg)
+  if rd.is_complete():
+    _log(f'{rd.path}: complete (result.json exists); nothing to do')
+    return json.loads(rd.result.read_text())
+
+  tokenizer, store = store_lib.prepare_data(cfg.data)
+  if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
+    raise UserError(f'model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer '
+                    f'vocabulary ({tokenizer.vocab_size})')
+  cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.vocab_size
+  train_split = budget.train_split(store, cfg.data.unique_tokens, cfg.data.order_seed)
+  val_split = budget.val_split(store)
+
+  mesh = sharding.make_mesh(cfg.mesh)
+  data = pipeline.train_data(
+      train_split, seq_len=cfg.data.seq_len, global_batch=cfg.train.batch_size,
+      epochs=cfg.data.epochs, seed=cfg.seed, steps=cfg.train.steps,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      prefetch=cfg.data.prefetch)
+  num_steps = data.num_steps
+
+  if jax.process_index() == 0:
+    rd.path.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(rd.config, config_lib.to_yaml(cfg))
+    if not rd.tokenizer.exists():
+      tokenizer.save(rd.tokenizer)
+
+  # No `jax.set_mesh` context: the step's in/out shardings carry the mesh, and NNX would
+  # otherwise read the parameters' logical names as mesh axis names.
+  return _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start)
+
+
+def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start) -> dict:
+  trainer = Trainer(cfg, mesh, num_steps)
+  vocab = cfg.model.vocab_size
+  n_params = flops.num_params(cfg.model, vocab)
+  flops_per_token = flops.train_flops_per_token(cfg.model, vocab, cfg.data.seq_len)
+  peak = flops.device_peak_flops(cfg.model.dtype)
+
+  ckpt = Checkpointer(rd.checkpoints, keep=cfg.checkpoint.keep)
+  iterator = data.iterator()
+  start = ckpt.latest_step() or 0
+  wall_before = 0.0
+  if start:
+    state, data_state, meta = ckpt.restore(start, trainer.abstract_state)
+    iterator.set_state(data_state)
+    wall_before = float(meta.get('wall_s', 0.0))
+    truncate_jsonl(rd.metrics, start)
+    truncate_jsonl(rd.evals, start)
+    _log(f'{rd.path}: resuming at step {start}/{num_steps}')
+  else:
+    state = trainer.init()
+    for p in (rd.metrics, rd.evals):
+      p.unlink(missing_ok=True)
+
+  val_batches = pipeline.val_batches(val_split, seq_len=cfg.data.seq_len,
+                                     batch_size=cfg.eval.batch_size, max_tokens=cfg.eval.val_tokens)
+  if not val_batches:
+    raise UserError(f'data.corpus={cfg.data.corpus!r} has no validation tokens; '
+                    f'raise data.val_fraction')
+  val_bytes = likelihood.target_bytes(val_batches, tokenizer.token_bytes())
+  val_device = [sharding.global_batch(b, mesh) for b in val_batches]
+  nll_fn = likelihood.make_nll_fn(trainer.graphdef, trainer.abstract_params_state, cfg)
+
+  def run_eval(step: int) -> dict:
+    res = likelihood.evaluate(nll_fn, state['params'], val_device, causal=trainer.objective.causal,
+                              num_samples=cfg.eval.mdm_samples, seed=cfg.eval.seed,
+                              num_bytes=val_bytes)
+    rec = {'step': step, 'tokens_seen': tokens_seen(data, step),
+           'epoch': data.epoch_of_step(step), **res}
+    if jax.process_index() == 0:
+      append_jsonl(rd.evals, rec)
+    return rec
+
+  evals_at = eval_steps(cfg, num_steps)
+  ckpt_every = cfg.checkpoint.every
+  stop = _install_stop_handlers()
+
+  if start < num_steps:
+    t0 = time.time()
+    trainer.compile({k: (data.rows_per_process, cfg.data.seq_len)
+                     for k in ('tokens', 'segment_ids', 'positions')})
+    _log(f'{rd.path}: {cfg.objective}, {n_params / 1e6:.2f}M params, U={train_split.num_tokens:,} '
+         f'tokens x {data.total_tokens / train_split.num_tokens:.4g} epochs = '
+         f'{data.total_tokens:,} tokens in {num_steps} steps (compiled in {time.time() - t0:.1f}s)')
+
+  def save(step: int, last_metrics: dict | None) -> None:
+    if last_metrics is not None and not np.isfinite(float(last_metrics['loss'])):
+      return  # never checkpoint a diverged state
+    meta = {'step': step, 'tokens_seen': tokens_seen(data, step),
+            'wall_s': wall_before + time.time() - t_start}
+    ckpt.save(step, state, iterator.get_state(), meta)
+
+  pending: list[dict] = []
+  last_metrics = None
+  window_t = time.time()
+  window_tokens = 0
+  progress = StepProgress(num_steps, start, enabled=cfg.train.progress and jax.process_index() == 0)
+  with progress:
+    for step in range(start + 1, num_steps + 1):
+      # The iterator has handed out exactly `step` batches after this line, so its state
+      # saved below resumes at the next one (grain prefetches ahead in a thread).
+      batch = next(iterator)
+      state, metrics = trainer.step(state, sharding.global_batch(batch, mesh))
+      pending.append(metrics)
+      window_tokens += tokens_seen(data, step) - tokens_seen(data, step - 1)
+      last_metrics = metrics
+
+      if step % cfg.train.log_every == 0 or step == num_steps or stop['stop']:
+        host = jax.device_get(pending)
+        pending = []
+        dt = time.time() - window_t
+        rec = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        if not math.isfinite(rec['loss']):
+          progress.close()
+          last_good = ckpt.latest_step()
+          ckpt.close()
+          print(f'error: non-finite loss at step {step} ({rd.path}); last good checkpoint: '
+                f'step {last_good}. Lower optimizer.lr or raise optimizer.warmup_frac.',
+                file=sys.stderr)
+          sys.exit(EXIT_NONFINITE)
+        tps = window_tokens / max(dt, 1e-9)
+        rec.update(step=step, tokens_seen=tokens_seen(data, step),
+                   epoch=data.epoch_of_step(step),
+                   tokens_per_s=tps, mfu=(tps * flops_per_token / peak) if peak else None)
+        rec = {'step': rec.pop('step'), **rec}
+        if jax.process_index() == 0:
+          append_jsonl(rd.metrics, rec)
+        progress.update(step, rec)
+        window_t, window_tokens = time.time(), 0
+
+      if step in evals_at:
+        t_eval = time.time()
+        ev = run_eval(step)
+        progress.note(f'step {step}: val {ev["val_loss"]:.4f} nats/token, '
+                      f'{ev["val_bits_per_byte"]:.4f} bits/byte')
+        window_t += time.time() - t_eval  # eval time is not training throughput
+        if not ckpt_every:
+          save(step, last_metrics)
+      if ckpt_every and step % ckpt_every == 0:
+        save(step, last_metrics)
+      if stop['stop'] and step < num_steps:
+        save(step, last_metrics)
+        ckpt.close()
+        progress.close()
+        _log(f'{rd.path}: {stop["stop"]} at step {step}; checkpoint saved, re-run the same '
+             f'command to resume')
+        return {'status': 'interrupted', 'step': step}
+
+  if ckpt.latest_step() != num_steps:
+    save(num_steps, last_metrics)
+  ckpt.close()
+
+  evals = [r for r in read_jsonl(rd.evals) if 'source' not in r]
+  final = evals[-1]
+  best = min(evals, key=lambda r: r['val_loss'])
+  result = {
+      'objective': cfg.objective,
+      'name': cfg.name,
+      'params': n_params,
+      'unique_tokens': train_split.num_tokens,
+      # As configured; with an explicit train.steps, the epochs those steps amount to.
+      'epochs': data.total_tokens / train_split.num_tokens if cfg.train.steps else cfg.data.epochs,
+      'train_tokens': data.total_tokens,
+      'steps': num_steps,
+      'flops': flops_per_token * data.total_tokens,
+      'val_loss': final['val_loss'],
+      'val_loss_stderr': final['val_loss_stderr'],
+      'val_bits_per_byte': final['val_bits_per_byte'],
+      'best_val_loss': best['val_loss'],
+      'best_val_bits_per_byte': best['val_bits_per_byte'],
+      'best_step': best['step'],
+      'seq_len': cfg.data.seq_len,
+      'batch_size': cfg.train.batch_size,
+      'seed': cfg.seed,
+      'wall_s': wall_before + time.time() - t_start,
+  }
+  if jax.process_index() == 0:
+    write_json_atomic(rd.result, result)
+  _log(f'{rd.path}: done. val {final["val_loss"]:.4f} nats/token '
+       f'({final["val_bits_per_byte"]:.4f} bits/byte), best {best["val_bits_per_byte"]:.4f} '
+       f'bits/byte at step {best["step"]}; {rd.result}')
+  return result
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  if any(a in ('-h', '--help') for a in argv):
+    print(__doc__)
+    return
+  with exit_on_user_error():
+    cfg = config_lib.parse_args(argv)
+    run(cfg)
+
+
+if __name__ == '__main__':
+  main()
