@@ -4,7 +4,13 @@
     run = dlmjax.load_run('runs/tiny-mdm-u200000-e20-s0')
 """
 
+import sys as _sys
+
 __version__ = '0.1.0'
+
+if 'jax' not in _sys.modules:  # glibc malloc settings only take effect before jax starts
+  from dlmjax import cpu as _cpu
+  _cpu.tune_for_host()
 
 
 def __getattr__(name):

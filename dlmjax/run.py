@@ -22,9 +22,9 @@ import yaml
 from flax import nnx
 
 from dlmjax import config as config_lib
-from dlmjax import objectives
+from dlmjax import objectives, sharding
 from dlmjax.checkpoint import Checkpointer
-from dlmjax.config import Config
+from dlmjax.config import Config, MeshConfig
 from dlmjax.data.tokenizer import PAD_ID, Tokenizer, load_tokenizer
 from dlmjax.errors import UserError
 from dlmjax.eval.likelihood import merge_params
@@ -58,8 +58,8 @@ class Run:
     self.step = step if step is not None else ckpt.latest_step()
     if self.step is None:
       raise UserError(f'{self.dir.path} has no checkpoint yet')
-    mesh = jax.make_mesh((1, 1, 1, 1), ('data', 'fsdp', 'tensor', 'expert'),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 4, devices=jax.devices()[:1])
+    # Inference on one device, whatever mesh the run was trained on (orbax reshards).
+    mesh = sharding.make_mesh(MeshConfig(1, 1, 1, 1), devices=jax.devices()[:1])
     trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
     state, _, _ = ckpt.restore(self.step, trainer.abstract_state)
     ckpt.close()

@@ -345,6 +345,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         window_t, window_tokens = time.time(), 0
 
       if step in evals_at:
+        jax.block_until_ready(state)  # queued train steps count as training time, not eval
         t_eval = time.time()
         ev = run_eval(step)
         progress.note(f'step {step}: val {ev["val_loss"]:.4f} nats/token, '

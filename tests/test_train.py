@@ -106,7 +106,7 @@ def test_same_seed_gives_the_same_loss_curve(ar_run, tmp_path):
   assert again['val_loss'] == ar_run[1]['val_loss']
   losses = lambda d: [m['loss'] for m in read_jsonl(d / 'metrics.jsonl')]
   assert losses(tmp_path / 'again') == losses(ar_run[0])
-  other = train.run(micro_cfg(tmp_path / 'other', 'objective=ar', 'seed=1'))
+  train.run(micro_cfg(tmp_path / 'other', 'objective=ar', 'seed=1'))
   assert losses(tmp_path / 'other') != losses(ar_run[0])
 
 
@@ -195,3 +195,16 @@ def test_eval_command_recomputes_the_final_validation_loss(ar_run):
   bad = subprocess.run([sys.executable, '-m', 'dlmjax.eval', str(run_dir / 'nope')], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and 'not a run directory' in bad.stderr
+
+
+def test_inspect_notebook_runs_on_a_trained_run(mdm_run, capsys):
+  import matplotlib
+  matplotlib.use('Agg')
+  nb = json.loads((ROOT / 'notebooks' / 'inspect_run.ipynb').read_text())
+  namespace = {}
+  for cell in nb['cells']:
+    if cell['cell_type'] == 'code':
+      source = ''.join(cell['source']).replace("'runs/tiny-mdm-u200000-e20-s0'", repr(str(mdm_run[0])))
+      exec(compile(source, 'inspect_run.ipynb', 'exec'), namespace)
+  assert namespace['run'].config.objective == 'mdm'
+  assert 'bits/byte' in capsys.readouterr().out

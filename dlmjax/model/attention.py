@@ -4,7 +4,7 @@
 
 Legend: B batch, L length (queries and keys: self-attention only), H query heads, K key/value
 heads (H is a multiple of K: grouped-query attention, G = H // K query heads per kv head),
-Dh head dim.
+Dh head dim, GL = G * L (the G query heads of one kv head stacked along the query axis).
 
 A query attends to a key when both lie in the same non-padding segment (segment id != 0) and,
 if `causal`, the key's index in the row is not after the query's. Packed documents therefore
@@ -41,8 +41,9 @@ def _attend_xla(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL, *, causal,
   g = h // k
   # Head-major layout, with the G query heads of a kv head stacked along the query axis: every
   # product is then a plain batched matmul over (B, K) and k/v are never repeated G times.
-  # On CPU this runs the attention step (forward and backward) ~2x faster than contracting
-  # the BxLxKxGxDh layout directly, where XLA transposes the LxL score tensors instead.
+  # On CPU this runs attention (forward and backward) ~2.5x faster than contracting the
+  # BxLxKxGxDh layout directly, where XLA transposes the LxL score tensors instead (B 32,
+  # L 128, H 4, Dh 32: 22 -> 9 ms per layer).
   # Scaling q (L*H*Dh values) is cheaper than scaling the scores (L*L*H values).
   q_BxLxKxGxDh = (q_BxLxHxDh * jnp.asarray(dh ** -0.5, q_BxLxHxDh.dtype)).reshape(
       b, length, k, g, dh)

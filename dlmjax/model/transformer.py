@@ -11,9 +11,14 @@ residual), a final RMSNorm and an output projection (untied unless `tie_embeddin
 the diffusion model are the same network: an AR run calls it with `causal=True`, a DLM with
 `causal=False`, so a comparison changes nothing else.
 
-The layers are a plain Python loop, not `nnx.scan`: at the depths trained here (2-32 layers)
-XLA compiles the unrolled loop in seconds on CPU, it fuses across block boundaries, and each
-parameter keeps its natural shape (no stacked 'layers' axis for the sharding rules to carry).
+The layers are a plain Python loop, not `nnx.scan`: the CPU presets and the tests have 1-2
+layers, where the unrolled step compiles in ~1.5 s (a scan adds its own while-loop and
+stacking overhead at that depth), XLA can fuse across block boundaries, and each parameter
+keeps its natural shape (no stacked 'layers' axis for the sharding rules to carry). At 24+
+layers on accelerators compile time grows linearly; scanning is then the change to make.
+
+The q/k/v projection and the SwiGLU MLP run through hand-written VJPs (`fused.py`) and the
+attention in a head-major layout (`attention.py`); both were measured to matter on CPU.
 
 Every parameter carries logical axis names (`LOGICAL_AXES`) as `out_sharding` metadata, and
 `eager_sharding=False` so that building the model never needs a mesh; `dlmjax/sharding.py`
@@ -33,7 +38,8 @@ from dlmjax.config import ModelConfig
 from dlmjax.model import attention, fused
 
 # The logical axis names parameters carry. 'qkv' indexes the fused projection's G + 2 slots
-# per kv head (G query heads, then k, then v); 'gate_up' its two SwiGLU halves.
+# per kv head (G query heads, then k, then v). The size-2 gate/up axis of the fused SwiGLU
+# weight is named None (never sharded), so a shard of 'mlp' holds matching gate and up columns.
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm')
 
 
@@ -65,7 +71,7 @@ class _Static:
 
 
 def _param(init, key, shape, dtype, names) -> nnx.Param:
-  return nnx.Param(init(key, shape, dtype), sharding_names=names, eager_sharding=False)
+  return nnx.Param(init(key, shape, dtype), out_sharding=names, eager_sharding=False)
 
 
 def _normal(std: float):

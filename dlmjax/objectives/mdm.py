@@ -93,7 +93,11 @@ def _weighted_ce(model, c: Corrupted, dropout_rng) -> jax.Array:
 
 
 def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, dict]:
-  """The diffusion training loss (normalised by `cfg.mdm.loss_norm`) and metrics."""
+  """The diffusion training loss (normalised by `cfg.mdm.loss_norm`) and metrics.
+
+  The forward process drawn is `corrupt(batch, jax.random.split(rng)[0], cfg, train=True)`
+  (the other half of the split drives dropout), so a caller can reproduce the masks.
+  """
   corrupt_rng, dropout_rng = jax.random.split(rng)
   c = corrupt(batch, corrupt_rng, cfg, train=True)
   m = cfg.model
