@@ -3,23 +3,15 @@
 import numpy as np
 import pytest
 
-from dlmjax.config import DataConfig
 from dlmjax.data.budget import train_split, val_split
-from dlmjax.data.store import prepare_data
 from dlmjax.errors import UserError
+from fakes import word_corpus_store
 
 
 @pytest.fixture(scope='module')
 def store(tmp_path_factory):
-  root = tmp_path_factory.mktemp('budget')
-  rng = np.random.default_rng(1)
-  (root / 'corpus').mkdir()
-  for i in range(50):
-    text = ' '.join(rng.choice(['one', 'two', 'three', 'fünf'], size=rng.integers(2, 40)))
-    (root / 'corpus' / f'd{i:02d}.txt').write_text(text)
-  cfg = DataConfig(corpus=f'files:{root}/corpus/*.txt', cache_dir=str(root / 'cache'),
-                   val_fraction=0.2)
-  return prepare_data(cfg)[1]
+  return word_corpus_store(tmp_path_factory.mktemp('budget'), words=['one', 'two', 'three', 'fünf'],
+                           num_docs=50, min_words=2, max_words=40, seed=1)
 
 
 def _tokens(split):

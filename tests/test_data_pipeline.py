@@ -6,25 +6,17 @@ import math
 import numpy as np
 import pytest
 
-from dlmjax.config import DataConfig
 from dlmjax.data import pipeline
 from dlmjax.data.budget import train_split, val_split
-from dlmjax.data.store import prepare_data
 from dlmjax.data.tokenizer import BOS_ID, PAD_ID
 from dlmjax.errors import UserError
+from fakes import word_corpus_store
 
 
 @pytest.fixture(scope='module')
 def store(tmp_path_factory):
-  root = tmp_path_factory.mktemp('pipeline')
-  rng = np.random.default_rng(2)
-  (root / 'corpus').mkdir()
-  for i in range(60):
-    text = ' '.join(rng.choice(['ab', 'cde', 'f', 'ghij'], size=rng.integers(1, 25)))
-    (root / 'corpus' / f'd{i:02d}.txt').write_text(text)
-  cfg = DataConfig(corpus=f'files:{root}/corpus/*.txt', cache_dir=str(root / 'cache'),
-                   val_fraction=0.2)
-  return prepare_data(cfg)[1]
+  return word_corpus_store(tmp_path_factory.mktemp('pipeline'), words=['ab', 'cde', 'f', 'ghij'],
+                           num_docs=60, min_words=1, max_words=25, seed=2)
 
 
 def reference_rows(split, seed, total_tokens, seq_len):

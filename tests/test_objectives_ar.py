@@ -14,6 +14,7 @@ from dlmjax.config import Config, ModelConfig
 from dlmjax.model.transformer import Transformer
 from dlmjax.objectives import ar
 from dlmjax.objectives.targets import MASK_ID, prediction_mask
+from fakes import FixedLogits
 
 V = 9
 TOKENS = [[1, 5, 6, 1, 7], [1, 8, 4, 5, 0]]
@@ -25,18 +26,6 @@ def batch():
   pos = np.asarray([[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]], np.int32)
   return {'tokens': jnp.asarray(TOKENS, jnp.int32), 'segment_ids': jnp.asarray(seg),
           'positions': jnp.asarray(pos)}
-
-
-class FixedLogits(nnx.Module):
-  """A stand-in model: logits are a parameter, whatever the input; records what it saw."""
-
-  def __init__(self, logits_BxLxV):
-    self.logits = nnx.Param(jnp.asarray(logits_BxLxV, jnp.float32))
-    self.seen = []
-
-  def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, *, causal, dropout_rng=None):
-    self.seen.append((np.asarray(tokens_BxL), causal))
-    return self.logits[...]
 
 
 def hand_ce(logits, tokens, segments):

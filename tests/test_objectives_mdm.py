@@ -20,6 +20,7 @@ from dlmjax.config import Config, ModelConfig
 from dlmjax.model.transformer import Transformer
 from dlmjax.objectives import mdm
 from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask
+from fakes import FixedLogits
 
 V = 8
 SYMBOLS = np.arange(4, 8)  # the four non-special ids
@@ -120,18 +121,6 @@ def test_dependent_toy_elbo_is_above_the_nll_and_matches_the_analytic_expectatio
 
 # ---------------------------------------------------------------------------------------
 # The training loss.
-
-
-class FixedLogits(nnx.Module):
-  """A stand-in model whose logits are a parameter; records the inputs it was given."""
-
-  def __init__(self, logits_BxLxV):
-    self.logits = nnx.Param(jnp.asarray(logits_BxLxV, jnp.float32))
-    self.seen = []
-
-  def __call__(self, tokens_BxL, segment_ids_BxL, positions_BxL, *, causal, dropout_rng=None):
-    self.seen.append((np.asarray(tokens_BxL), causal))
-    return self.logits[...]
 
 
 def packed_batch():
