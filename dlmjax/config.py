@@ -263,7 +263,7 @@ def set_key(obj: Any, path: str, value: Any) -> None:
       setattr(target, part, coerce(sub, value, typ))
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
   p = pathlib.Path(path)
   if not p.is_file():
     raise ConfigError(f'config file {path!r} does not exist')
@@ -292,7 +292,7 @@ def load_config(files: list[str] = (), overrides: list[str] = ()) -> Config:
   """Builds the Config from YAML presets (merged left to right) and `key=value` overrides."""
   cfg = Config()
   for f in files:
-    for key, value in _read_yaml(f).items():
+    for key, value in read_yaml(f).items():
       try:
         set_key(cfg, str(key), value)
       except ConfigError as e:

@@ -299,12 +299,18 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
          f'tokens x {data.total_tokens / train_split.num_tokens:.4g} epochs = '
          f'{data.total_tokens:,} tokens in {num_steps} steps (compiled in {time.time() - t0:.1f}s)')
 
+  saved = {'step': start}
+
   def save(step: int, last_metrics: dict | None) -> None:
-    if last_metrics is not None and not np.isfinite(float(last_metrics['loss'])):
-      return  # never checkpoint a diverged state
+    if step == saved['step']:
+      return  # e.g. a SIGTERM right after the eval checkpoint of this step
+    if last_metrics is not None and not all(
+        np.isfinite(float(last_metrics[k])) for k in ('loss', 'grad_norm')):
+      return  # never checkpoint a diverged state (a non-finite gradient poisons the update)
     meta = {'step': step, 'tokens_seen': tokens_seen(data, step),
             'wall_s': wall_before + time.time() - t_start}
     ckpt.save(step, state, iterator.get_state(), meta)
+    saved['step'] = step
 
   pending: list[dict] = []
   last_metrics = None
@@ -363,8 +369,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
              f'command to resume')
         return {'status': 'interrupted', 'step': step}
 
-  if ckpt.latest_step() != num_steps:
-    save(num_steps, last_metrics)
+  save(num_steps, last_metrics)
   ckpt.close()
 
   evals = [r for r in read_jsonl(rd.evals) if 'source' not in r]

@@ -1,0 +1,223 @@
+"""Named grids of runs, as data: which configs, which objective x size x unique tokens x epochs.
+
+    from experiments import registry
+    grid = registry.get('crossover-tiny')
+    for run in grid.runs:
+      cfg = load_config(grid.configs, run.overrides)
+
+A run's `overrides` hold every key that makes it differ from `Grid.configs` (objective, budget,
+epochs, seed and any extras), so `python -m dlmjax.train *grid.configs *run.overrides`
+reproduces it by hand. Names encode objective-model-U-E-seed (+ a tag for variants) and are
+stable: the grid runner keys run directories on them, so renaming a run orphans its results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+from dlmjax import config as config_lib
+from dlmjax import flops as flops_lib
+from dlmjax.errors import UserError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BYTE_VOCAB = 260  # dlmjax.data.tokenizer.ByteTokenizer: 256 bytes + 4 special ids
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  name: str  # stable and unique in its grid, e.g. 'mdm-1b-u500M-e192-s0'
+  objective: str  # 'ar' | 'mdm'
+  model: str  # size label, e.g. 'tiny', '1b'
+  unique_tokens: int
+  epochs: float
+  seed: int
+  overrides: tuple[str, ...]  # applied on top of Grid.configs
+  tokens: int  # round(unique_tokens * epochs)
+  flops: float  # training FLOPs of the whole run (dlmjax.flops convention)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  name: str
+  description: str
+  hardware: str  # what it was sized for, e.g. 'CPU, 2 cores', 'TPU v5p-256'
+  configs: tuple[str, ...]  # YAML presets relative to the repo root
+  runs: tuple[RunSpec, ...]
+
+  def config_paths(self) -> list[str]:
+    """The presets as absolute paths, so commands work from any directory."""
+    return [str(ROOT / c) for c in self.configs]
+
+
+# ---------------------------------------------------------------------------------------
+# Building run specs.
+
+def count_label(n: float) -> str:
+  """500_000_000 -> '500M', 1_500_000_000 -> '1.5B', 31_250 -> '31.25K'."""
+  for suffix, scale in (('T', 1e12), ('B', 1e9), ('M', 1e6), ('K', 1e3)):
+    if n >= scale:
+      return f'{n / scale:g}{suffix}'
+  return f'{n:g}'
+
+
+@functools.lru_cache(maxsize=None)
+def _unchecked_config(configs: tuple[str, ...], overrides: tuple[str, ...]) -> config_lib.Config:
+  # Like load_config without `validate`: the MoE presets are rejected there until the MoE
+  # layer exists, yet their grids must still list FLOPs. Keys and types are still checked.
+  cfg = config_lib.Config()
+  for f in configs:
+    for key, value in config_lib.read_yaml(str(ROOT / f)).items():
+      config_lib.set_key(cfg, str(key), value)
+  for arg in overrides:
+    config_lib.set_key(cfg, *config_lib.parse_override(arg))
+  return cfg
+
+
+def vocab_size(cfg: config_lib.Config) -> int:
+  if cfg.model.vocab_size:
+    return cfg.model.vocab_size
+  return BYTE_VOCAB if cfg.data.tokenizer == 'byte' else cfg.data.bpe_vocab_size
+
+
+def make_run(configs: tuple[str, ...], objective: str, model: str, unique_tokens: int,
+             epochs: float, seed: int = 0, extras: tuple[str, ...] = (), tag: str = '') -> RunSpec:
+  name = f'{objective}-{model}-u{count_label(unique_tokens)}-e{epochs:g}-s{seed}'
+  if tag:
+    name += f'-{tag}'
+  overrides = (f'objective={objective}', f'data.unique_tokens={unique_tokens}',
+               f'data.epochs={epochs!r}', f'seed={seed}', *extras)
+  tokens = round(unique_tokens * epochs)
+  cfg = _unchecked_config(configs, tuple(overrides))
+  per_token = flops_lib.train_flops_per_token(cfg.model, vocab_size(cfg), cfg.data.seq_len)
+  return RunSpec(name=name, objective=objective, model=model, unique_tokens=unique_tokens,
+                 epochs=epochs, seed=seed, overrides=overrides, tokens=tokens,
+                 flops=per_token * tokens)
+
+
+def _epochs_for(total: float, unique: int) -> float:
+  # Division, not a table: 96e9 / 1.5e9 == 64.0 and 96e9 / 10e9 == 9.6 exactly in floats,
+  # so U x E reproduces the total budget to the token.
+  return total / unique
+
+
+# ---------------------------------------------------------------------------------------
+# The grids.
+
+PAPER_UNIQUE = (500_000_000, 1_000_000_000, 1_500_000_000, 10_000_000_000, 96_000_000_000)
+PAPER_TOTAL = 96e9
+OBJECTIVES = ('ar', 'mdm')
+
+
+def _model_extras(size: str) -> tuple[str, ...]:
+  """The keys of configs/models/SIZE.yaml as key=value overrides."""
+  data = config_lib.read_yaml(str(ROOT / f'configs/models/{size}.yaml'))
+  flat = config_lib.flatten(data)
+  return tuple(f'{k}={v}' for k, v in flat.items())
+
+
+def paper_grid(name: str, description: str, sizes: tuple[str, ...], *,
+               extra_1b_480: bool) -> Grid:
+  # A grid has one preset list; with one size the model preset joins it, with several the
+  # shape travels in each run's overrides (the same keys as configs/models/SIZE.yaml).
+  configs = ('configs/paper.yaml',)
+  if len(sizes) == 1:
+    configs += (f'configs/models/{sizes[0]}.yaml',)
+  extras = lambda size: () if len(sizes) == 1 else _model_extras(size)
+  runs = []
+  for size in sizes:
+    for objective in OBJECTIVES:
+      for u in PAPER_UNIQUE:
+        runs.append(make_run(configs, objective, size, u, _epochs_for(PAPER_TOTAL, u),
+                             extras=extras(size)))
+  if extra_1b_480:
+    # The papers' longest repetition: 1B unique tokens for 480 epochs (480B tokens) at 1B.
+    for objective in OBJECTIVES:
+      runs.append(make_run(configs, objective, '1b', 1_000_000_000, 480.0, extras=extras('1b')))
+  return Grid(name, description, 'TPU v5p-256 or 64 x H100', configs, tuple(runs))
+
+
+def ablation_grid() -> Grid:
+  configs = ('configs/paper.yaml', 'configs/models/1b.yaml')
+
+  def run(objective, tag='', *extras):
+    return make_run(configs, objective, '1b', 1_000_000_000, 96.0, extras=extras, tag=tag)
+
+  runs = [run('ar')]
+  runs += [run('ar', f'imask{r:g}', f'ar.input_mask_rate={r}') for r in (0.1, 0.2, 0.3, 0.4, 0.5)]
+  runs += [run('ar', f'mlpdrop{p:g}', f'model.mlp_dropout={p}') for p in (0.1, 0.2)]
+  runs += [run('ar', f'wd{w:g}', f'optimizer.weight_decay={w}') for w in (0.0, 0.3, 1.0)]
+  runs += [run('ar', f'pnoise{s:g}', f'ar.param_noise_std={s}') for s in (0.01, 0.03)]
+  # mdm.eps raises the lower end of the mask ratio t ~ U(eps, 1): the masking-range variants.
+  # 1e-3 is the recipe's default, so that run is the plain MDM baseline.
+  runs.append(run('mdm', '', 'mdm.eps=0.001'))
+  runs += [run('mdm', f'eps{e:g}', f'mdm.eps={e}') for e in (0.2, 0.5)]
+  return Grid('ablation-regularisers',
+              'AR regularisers under data constraints (input masking, MLP dropout, weight decay, '
+              'parameter noise) vs MDM masking ranges; 1B model, 1B unique tokens x 96 epochs.',
+              'TPU v5p-256 or 64 x H100', configs, tuple(runs))
+
+
+def crossover_tiny() -> Grid:
+  configs = ('configs/tiny.yaml',)
+  runs = [make_run(configs, objective, 'tiny', u, _epochs_for(2e6, u))
+          for objective in OBJECTIVES for u in (31_250, 250_000, 2_000_000)]
+  return Grid('crossover-tiny',
+              'AR vs MDM on the tiny CPU model at 2M total tokens: 31.25K, 250K and 2M unique '
+              'tokens (64, 8 and 1 epochs). Minutes on a laptop.',
+              'CPU, 2 cores', configs, tuple(runs))
+
+
+CODER_CONFIGS = ('configs/paper.yaml', 'configs/models/1.7b.yaml')
+TINY_WIDE = ('model.d_model=192', 'model.d_ff=768')
+
+
+def crossover_small() -> Grid:
+  configs = ('configs/tiny.yaml',)
+  runs = []
+  for model, extras in (('tiny', ()), ('tiny-wide', TINY_WIDE)):
+    for objective in OBJECTIVES:
+      for u in (31_250, 125_000, 500_000, 2_000_000):
+        runs.append(make_run(configs, objective, model, u, _epochs_for(2e6, u), extras=extras))
+  return Grid('crossover-small',
+              'AR vs MDM at two CPU sizes (tiny, tiny-wide: d_model 192) x 4 unique-token budgets '
+              'at 2M total tokens (64, 16, 4, 1 epochs): the crossover moving with model size. '
+              'About an hour on 2 cores.',
+              'CPU, 2 cores', configs, tuple(runs))
+
+
+def _build() -> dict[str, Grid]:
+  grids = [
+      paper_grid('paper-dense',
+                 'AR vs MDM, 1B-8B dense x 0.5B-96B unique tokens at 96B total tokens, plus '
+                 '1B unique x 480 epochs at 1B (arXiv 2511.03276).',
+                 ('1b', '2b', '4b', '8b'), extra_1b_480=True),
+      paper_grid('paper-moe',
+                 'AR vs MDM, 8B-A1B mixture of experts x 0.5B-96B unique tokens at 96B total. '
+                 'Rejected at start-up until the MoE layer exists.',
+                 ('8b-a1b',), extra_1b_480=False),
+      Grid('paper-coder',
+           'AR vs MDM at 1.7B on 10B unique code tokens for 150 epochs (~1.5T tokens; '
+           'arXiv 2510.04071). Set data.corpus to the code corpus.',
+           'TPU v5p-256 or 64 x H100', CODER_CONFIGS,
+           tuple(make_run(CODER_CONFIGS, objective, '1.7b', 10_000_000_000, 150.0)
+                 for objective in OBJECTIVES)),
+      ablation_grid(),
+      crossover_tiny(),
+      crossover_small(),
+  ]
+  return {g.name: g for g in grids}
+
+
+GRIDS: dict[str, Grid] = _build()
+
+
+def names() -> list[str]:
+  return list(GRIDS)
+
+
+def get(name: str) -> Grid:
+  if name not in GRIDS:
+    raise UserError(f'unknown grid {name!r}; known grids: {", ".join(GRIDS)}')
+  return GRIDS[name]

@@ -1,0 +1,554 @@
+"""The crossover report of a grid: tables, plots, crossover points and scaling-law fits.
+
+`write_report(grid, out_dir)` reads each run's directory `OUT/runs/<RunSpec.name>/`
+(result.json, eval.jsonl) and writes into `out_dir`:
+
+    report.md      header, table of runs, crossover statements, fit table, plots
+    summary.json   the same numbers for programs (see `write_report`)
+    *.png          epochs view, training curves, FLOPs-matched view
+
+It relies only on these attributes of the registry's objects (duck typed):
+`Grid.name, .description, .hardware, .runs` and
+`RunSpec.name, .objective, .model, .unique_tokens, .epochs, .seed, .tokens, .flops`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import pathlib
+from typing import Any, Iterable
+
+import numpy as np
+
+from dlmjax.rundir import RunDir, read_jsonl, write_json_atomic, write_text_atomic
+
+OBJECTIVES = ('ar', 'mdm')
+COLORS = {'ar': 'tab:blue', 'mdm': 'tab:orange'}
+LABELS = {'ar': 'AR', 'mdm': 'MDM'}
+METRICS = {'final': 'val_bits_per_byte', 'best': 'best_val_bits_per_byte'}
+
+# Published values of the data-constrained R* (the epochs after which repeated data is worth
+# 1/e of fresh data): Muennighoff et al. 2023 for AR, Prabhudesai et al. 2025 for diffusion.
+PUBLISHED_R_STAR = {'ar': 15.0, 'mdm': 500.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting runs
+
+def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
+  """Reads the complete runs of `grid` under `out_dir/runs/`.
+
+  Returns (rows, incomplete names). A row is the result.json values the report uses, plus the
+  spec's `model` label and planned total `tokens` (which groups runs into one comparison), and
+  the run's validation curve (`curve`: eval.jsonl records).
+  """
+  rows, incomplete = [], []
+  for spec in grid.runs:
+    rd = RunDir(pathlib.Path(out_dir) / 'runs' / spec.name)
+    if not rd.is_complete():
+      incomplete.append(spec.name)
+      continue
+    try:
+      res = json.loads(rd.result.read_text())
+    except (OSError, json.JSONDecodeError):
+      incomplete.append(spec.name)  # unreadable: treat as not finished rather than crash
+      continue
+    # Records with a `source` come from later, separate evaluations, not the training run.
+    curve = [r for r in read_jsonl(rd.evals) if 'source' not in r]
+    rows.append({
+        'name': spec.name,
+        'objective': res.get('objective', spec.objective),
+        'model': spec.model,
+        'params': res.get('params'),
+        'unique_tokens': res.get('unique_tokens', spec.unique_tokens),
+        'epochs': res.get('epochs', spec.epochs),
+        'train_tokens': res.get('train_tokens', spec.tokens),
+        'flops': res.get('flops', spec.flops),
+        'val_loss': res.get('val_loss'),
+        'val_bits_per_byte': res.get('val_bits_per_byte'),
+        'best_val_bits_per_byte': res.get('best_val_bits_per_byte'),
+        'best_step': res.get('best_step'),
+        'seed': res.get('seed', spec.seed),
+        'budget_tokens': spec.tokens,
+        'curve': curve,
+    })
+  return rows, incomplete
+
+
+def _mean_by(rows: Iterable[dict], key, value: str) -> dict:
+  """Mean of `value` over the rows sharing `key(row)` (seed averaging)."""
+  groups = collections.defaultdict(list)
+  for r in rows:
+    if r.get(value) is not None:
+      groups[key(r)].append(float(r[value]))
+  return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Crossover
+
+def crossover(unique_tokens: Iterable[float], d: Iterable[float],
+              total_tokens: float | None = None) -> dict:
+  """Where d(U) = bpb_AR(U) - bpb_MDM(U) changes sign, linear in log U.
+
+  `unique_tokens` and `d` are paired (already seed-averaged). Returns
+  {"unique_tokens", "epochs", "status", "direction", "crossings", "points"}: `status` is
+  "crossed", "mdm_better_everywhere" (d > 0 at every U), "ar_better_everywhere" (d < 0) or
+  "no_data"; the first crossing (smallest U) is reported, all of them are in `crossings`.
+  `direction` "mdm_better_below" is the papers' claim: MDM wins with little unique data.
+  """
+  pts = sorted(zip(map(float, unique_tokens), map(float, d)))
+  out = {'unique_tokens': None, 'epochs': None, 'status': 'no_data', 'direction': None,
+         'crossings': [], 'points': [{'unique_tokens': u, 'd': v} for u, v in pts]}
+  if not pts:
+    return out
+  crossings = []
+  for (u1, d1), (u2, d2) in zip(pts, pts[1:]):
+    if d1 == 0.0:
+      crossings.append((u1, d2))
+    elif d1 * d2 < 0:
+      t = d1 / (d1 - d2)
+      crossings.append((math.exp(math.log(u1) + t * (math.log(u2) - math.log(u1))), d2))
+  if pts[-1][1] == 0.0 and len(pts) > 1:
+    crossings.append((pts[-1][0], -pts[-2][1]))
+  if crossings:
+    # The sign after the crossing says who wins above it: d < 0 there means AR wins at large U.
+    out['crossings'] = [c for c, _ in crossings]
+    out['unique_tokens'] = crossings[0][0]
+    out['status'] = 'crossed'
+    out['direction'] = 'mdm_better_below' if crossings[0][1] < 0 else 'ar_better_below'
+  elif all(v > 0 for _, v in pts):
+    out['status'] = 'mdm_better_everywhere'
+  elif all(v < 0 for _, v in pts):
+    out['status'] = 'ar_better_everywhere'
+  else:
+    out['status'] = 'tie'  # d == 0 at every U
+  if out['unique_tokens'] is not None and total_tokens:
+    out['epochs'] = total_tokens / out['unique_tokens']
+  out['range'] = [pts[0][0], pts[-1][0]]
+  return out
+
+
+def crossovers(rows: list[dict]) -> dict:
+  """{model: {"final": crossover, "best": crossover}} at each model's total-token budget.
+
+  A model run at several total budgets is reported at the one with the most unique-token
+  values having both objectives (ties: the largest budget); the others go to "other_budgets".
+  """
+  out = {}
+  for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
+    mrows = [r for r in rows if r['model'] == model]
+    per_budget = {}
+    for budget in sorted({r['budget_tokens'] for r in mrows}):
+      brows = [r for r in mrows if r['budget_tokens'] == budget]
+      entry = {}
+      for metric, field in METRICS.items():
+        means = _mean_by(brows, lambda r: (r['objective'], r['unique_tokens']), field)
+        us = sorted({u for (o, u) in means if o == 'ar'} & {u for (o, u) in means if o == 'mdm'})
+        c = crossover(us, [means['ar', u] - means['mdm', u] for u in us], budget)
+        c['train_tokens'] = budget
+        entry[metric] = c
+      per_budget[budget] = entry
+    main = max(per_budget, key=lambda b: (len(per_budget[b]['final']['points']), b))
+    out[model] = dict(per_budget[main])
+    others = [per_budget[b] for b in per_budget if b != main]
+    if others:
+      out[model]['other_budgets'] = others
+  return out
+
+
+def _model_order(rows):
+  # Sizes sort by parameter count, not by label ("10m" before "1b").
+  params = {}
+  for r in rows:
+    params.setdefault(r['model'], r.get('params') or 0)
+  return lambda m: (params.get(m, 0), str(m))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-constrained scaling law (Muennighoff et al. 2023)
+
+def effective_data(unique_tokens, epochs, r_star):
+  """D' = U + U R* (1 - exp(-R / R*)), R = epochs - 1 (repetitions beyond the first pass)."""
+  u = np.asarray(unique_tokens, np.float64)
+  r = np.maximum(np.asarray(epochs, np.float64) - 1.0, 0.0)
+  return u + u * r_star * (1.0 - np.exp(-r / r_star))
+
+
+def law(unique_tokens, epochs, e, b, beta, r_star):
+  """L(D') = E + B / D'^beta."""
+  return e + b / effective_data(unique_tokens, epochs, r_star) ** beta
+
+
+def fit_scaling_law(unique_tokens, epochs, loss, min_points: int = 4) -> dict:
+  """Least-squares fit of (E, B, beta, R*) to losses at (U, epochs); seed-averaged first.
+
+  Returns {"E", "B", "beta", "R_star", "rmse", "points"} or {"status": "too few points"}.
+  Parameters are fitted as logs (all positive, spanning decades) and D' is scaled by a
+  reference D0 (the geometric mean of U), so B's fitted value is O(1) whatever the token units;
+  B is reported in tokens: B = B0 * D0^beta.
+  """
+  from scipy import optimize
+
+  means = _mean_by(({'k': (float(u), float(e)), 'l': l}
+                    for u, e, l in zip(unique_tokens, epochs, loss)), lambda r: r['k'], 'l')
+  if len(means) < min_points:
+    return {'status': 'too few points', 'points': len(means)}
+  keys = sorted(means)
+  u = np.array([k[0] for k in keys])
+  ep = np.array([k[1] for k in keys])
+  y = np.array([means[k] for k in keys])
+  d0 = float(np.exp(np.mean(np.log(u))))
+
+  def predict(p):
+    log_e, log_b0, log_beta, log_r = p
+    beta = math.exp(log_beta)
+    dp = effective_data(u, ep, math.exp(log_r)) / d0
+    return math.exp(log_e) + math.exp(log_b0) * dp ** -beta
+
+  lo = np.array([math.log(1e-6), math.log(1e-12), math.log(1e-3), math.log(1e-2)])
+  hi = np.array([math.log(1e3), math.log(1e12), math.log(3.0), math.log(1e6)])
+  best = None
+  # Several starts: R* and beta are poorly conditioned jointly; for each (beta, R*) start,
+  # E and B0 follow from a linear least-squares solve, which lands near the right basin.
+  for beta0 in (0.1, 0.3, 0.7):
+    for r0 in (1.0, 10.0, 100.0, 1000.0):
+      x = (effective_data(u, ep, r0) / d0) ** -beta0
+      a = np.stack([np.ones_like(x), x], axis=1)
+      (e0, b0), *_ = np.linalg.lstsq(a, y, rcond=None)
+      e0 = min(e0 if e0 > 0 else 0.5 * float(y.min()), 0.99 * float(y.min()))
+      b0 = max(b0, 1e-3)
+      p0 = np.clip([math.log(max(e0, 1e-5)), math.log(b0), math.log(beta0), math.log(r0)],
+                   lo + 1e-9, hi - 1e-9)
+      try:
+        sol = optimize.least_squares(lambda p: predict(p) - y, p0, bounds=(lo, hi),
+                                     x_scale='jac', xtol=1e-14, ftol=1e-14, gtol=1e-14,
+                                     max_nfev=5000)
+      except (ValueError, FloatingPointError):
+        continue
+      if np.isfinite(sol.cost) and (best is None or sol.cost < best.cost):
+        best = sol
+  if best is None:
+    return {'status': 'fit failed', 'points': len(means)}
+  log_e, log_b0, log_beta, log_r = best.x
+  beta = math.exp(log_beta)
+  return {'E': math.exp(log_e), 'B': math.exp(log_b0) * d0 ** beta, 'beta': beta,
+          'R_star': math.exp(log_r), 'rmse': float(np.sqrt(np.mean(best.fun ** 2))),
+          'points': len(means)}
+
+
+def scaling_fits(rows: list[dict]) -> dict:
+  """{model: {objective: fit}} on the final bits/byte of each objective's complete runs."""
+  out = {}
+  for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
+    out[model] = {}
+    for obj in sorted({r['objective'] for r in rows if r['model'] == model}):
+      sel = [r for r in rows if r['model'] == model and r['objective'] == obj
+             and r['val_bits_per_byte'] is not None]
+      out[model][obj] = fit_scaling_law([r['unique_tokens'] for r in sel],
+                                        [r['epochs'] for r in sel],
+                                        [r['val_bits_per_byte'] for r in sel])
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+def _spans_decades(values) -> bool:
+  v = [float(x) for x in values if x is not None and x > 0]
+  return len(v) > 1 and max(v) / min(v) >= 10
+
+
+def _grid_axes(plt, n: int, width: float = 5.0, height: float = 4.0):
+  ncols = min(3, max(n, 1))
+  nrows = max(1, math.ceil(n / ncols))
+  fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+  flat = list(axes.flat)
+  for ax in flat[n:]:
+    ax.set_visible(False)
+  return fig, flat[:n]
+
+
+def _fmt_tokens(n) -> str:
+  n = float(n)
+  for scale, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
+    if abs(n) >= scale:
+      return f'{n / scale:.3g}{suffix}'
+  return f'{n:.3g}'
+
+
+def plot_epochs(rows, cross, path) -> None:
+  """Final and best bits/byte vs epochs, AR vs MDM, one panel per model size."""
+  import matplotlib.pyplot as plt
+  models = sorted({r['model'] for r in rows}, key=_model_order(rows))
+  fig, axes = _grid_axes(plt, len(models))
+  for ax, model in zip(axes, models):
+    mrows = [r for r in rows if r['model'] == model]
+    budgets = sorted({r['budget_tokens'] for r in mrows})
+    for bi, budget in enumerate(budgets):
+      brows = [r for r in mrows if r['budget_tokens'] == budget]
+      tag = f', {_fmt_tokens(budget)} tok' if len(budgets) > 1 else ''
+      for obj in OBJECTIVES:
+        orows = [r for r in brows if r['objective'] == obj]
+        if not orows:
+          continue
+        for metric, style, marker in (('final', '-', 'o'), ('best', '--', 'x')):
+          field = METRICS[metric]
+          means = _mean_by(orows, lambda r: r['epochs'], field)
+          xs = sorted(means)
+          ax.plot(xs, [means[x] for x in xs], style, marker=marker, color=COLORS[obj],
+                  alpha=1.0 - 0.5 * bi / max(len(budgets), 1),
+                  label=f'{LABELS[obj]} {metric}{tag}')
+    c = cross.get(model, {}).get('final', {})
+    if c.get('epochs'):
+      ax.axvline(c['epochs'], color='gray', lw=1, ls=':',
+                 label=f'crossover (final): {c["epochs"]:.3g} ep')
+    if _spans_decades([r['epochs'] for r in mrows]):
+      ax.set_xscale('log')
+    if len(budgets) == 1 and budgets[0]:
+      # At a fixed total budget, epochs and unique tokens are one axis read two ways.
+      t = float(budgets[0])
+      sec = ax.secondary_xaxis('top', functions=(lambda e, t=t: t / np.maximum(e, 1e-30),
+                                                 lambda uu, t=t: t / np.maximum(uu, 1e-30)))
+      sec.set_xlabel('unique tokens U (tokens)')
+      ax.set_title(f'model {model}: {_fmt_tokens(t)} total tokens')
+    else:
+      ax.set_title(f'model {model}')
+    ax.set_xlabel('epochs (passes over the unique tokens)')
+    ax.set_ylabel('validation bits/byte')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle('Final (solid) and best (dashed) validation bits/byte vs epochs, AR vs MDM')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_curves(rows, path) -> None:
+  """Validation bits/byte vs epoch for every run, one panel per unique budget."""
+  import matplotlib.pyplot as plt
+  budgets = sorted({r['unique_tokens'] for r in rows})
+  models = sorted({r['model'] for r in rows}, key=_model_order(rows))
+  styles = ['-', '--', ':', '-.']
+  fig, axes = _grid_axes(plt, len(budgets))
+  for ax, u in zip(axes, budgets):
+    xs_all = []
+    labelled = set()
+    for r in sorted((r for r in rows if r['unique_tokens'] == u),
+                    key=lambda r: (r['objective'], str(r['model']), r['seed'])):
+      pts = [(p['epoch'], p['val_bits_per_byte']) for p in r['curve']
+             if p.get('epoch') is not None and p.get('val_bits_per_byte') is not None]
+      if not pts:
+        continue
+      xs_all += [x for x, _ in pts]
+      label = f'{LABELS.get(r["objective"], r["objective"])} {r["model"]}'
+      ax.plot(*zip(*pts), styles[models.index(r['model']) % len(styles)],
+              color=COLORS.get(r['objective'], 'gray'), lw=1.2,
+              label=None if label in labelled else label)
+      labelled.add(label)
+    if _spans_decades(xs_all) and max(xs_all) / min(x for x in xs_all if x > 0) >= 100:
+      ax.set_xscale('log')  # points at epoch 0 drop out of a log axis; the rest stay readable
+    ax.set_title(f'U = {_fmt_tokens(u)} unique tokens')
+    ax.set_xlabel('epoch (training tokens seen / U)')
+    ax.set_ylabel('validation bits/byte')
+    ax.grid(True, which='both', alpha=0.3)
+    if labelled:
+      ax.legend(fontsize=8)
+  fig.suptitle('Training curves: validation bits/byte vs epoch, AR vs MDM')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_flops(rows, path) -> None:
+  """Validation bits/byte vs training FLOPs, AR vs MDM, one panel per unique budget.
+
+  Curves are each run's evaluations at tokens_seen x FLOPs/token; markers are final values.
+  Across model sizes this is the compute-matched comparison on the same unique data.
+  """
+  import matplotlib.pyplot as plt
+  budgets = sorted({r['unique_tokens'] for r in rows})
+  models = sorted({r['model'] for r in rows}, key=_model_order(rows))
+  styles = ['-', '--', ':', '-.']
+  markers = ['o', 's', '^', 'D', 'v', 'P']
+  fig, axes = _grid_axes(plt, len(budgets))
+  for ax, u in zip(axes, budgets):
+    labelled = set()
+    for r in sorted((r for r in rows if r['unique_tokens'] == u),
+                    key=lambda r: (r['objective'], str(r['model']), r['seed'])):
+      if not r['flops'] or not r['train_tokens']:
+        continue
+      mi = models.index(r['model'])
+      color = COLORS.get(r['objective'], 'gray')
+      label = f'{LABELS.get(r["objective"], r["objective"])} {r["model"]}'
+      # FLOPs grow linearly with tokens seen, so a curve's x is tokens_seen x FLOPs/token.
+      per_token = float(r['flops']) / float(r['train_tokens'])
+      pts = [(p['tokens_seen'] * per_token, p['val_bits_per_byte']) for p in r['curve']
+             if p.get('tokens_seen') and p.get('val_bits_per_byte') is not None]
+      if pts:
+        ax.plot(*zip(*pts), styles[mi % len(styles)], color=color, lw=1, alpha=0.6)
+      if r['val_bits_per_byte'] is not None:
+        ax.plot([float(r['flops'])], [r['val_bits_per_byte']], markers[mi % len(markers)],
+                color=color, ms=6, label=None if label in labelled else label + ' (final)')
+        labelled.add(label)
+    # Compute spans decades across model sizes; log also keeps one scale for every panel.
+    ax.set_xscale('log')
+    ax.set_title(f'U = {_fmt_tokens(u)} unique tokens')
+    ax.set_xlabel('training compute (FLOPs)')
+    ax.set_ylabel('validation bits/byte')
+    ax.grid(True, which='both', alpha=0.3)
+    if labelled:
+      ax.legend(fontsize=8)
+  fig.suptitle('FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _save_plot(fn, args, path: pathlib.Path) -> None:
+  # Rendered to a temporary name and renamed, like every other report file.
+  tmp = path.with_name(f'.{path.name}.tmp.png')
+  try:
+    fn(*args, tmp)
+    tmp.replace(path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+def _f(x, spec='.4f') -> str:
+  return '-' if x is None else format(x, spec)
+
+
+def _crossover_sentence(model, metric, c) -> str:
+  what = {'final': 'final bits/byte (paper-1 protocol)',
+          'best': 'best bits/byte (early stopping; the stricter comparison for AR)'}[metric]
+  span = ''
+  if c.get('range'):
+    span = f' over U = {_fmt_tokens(c["range"][0])} .. {_fmt_tokens(c["range"][1])}'
+  budget = f' at {_fmt_tokens(c["train_tokens"])} total tokens' if c.get('train_tokens') else ''
+  s = c['status']
+  if s == 'crossed':
+    side = ('MDM better below it, AR above' if c['direction'] == 'mdm_better_below'
+            else 'AR better below it, MDM above')
+    more = f' ({len(c["crossings"])} sign changes)' if len(c['crossings']) > 1 else ''
+    ep = f' = {c["epochs"]:.3g} epochs' if c.get('epochs') else ''
+    return (f'- **{model}**, {what}{budget}: crossover at U = {_fmt_tokens(c["unique_tokens"])} '
+            f'unique tokens{ep}; {side}{more}.')
+  if s == 'mdm_better_everywhere':
+    return f'- **{model}**, {what}{budget}: not reached in range{span}: MDM better everywhere.'
+  if s == 'ar_better_everywhere':
+    return f'- **{model}**, {what}{budget}: not reached in range{span}: AR better everywhere.'
+  if s == 'tie':
+    return f'- **{model}**, {what}{budget}: AR and MDM tie at every U{span}.'
+  return f'- **{model}**, {what}: no unique budget has complete runs of both objectives.'
+
+
+def _claim_holds(c) -> bool:
+  # The papers' claim: MDM wins when unique data is scarce and AR when it is plentiful.
+  return c['status'] == 'crossed' and c['direction'] == 'mdm_better_below'
+
+
+def _markdown(grid, rows, incomplete, cross, fits, plots) -> str:
+  total = len(rows) + len(incomplete)
+  lines = [f'# Report: grid `{grid.name}`', '',
+           f'{getattr(grid, "description", "")}', '',
+           f'- hardware: {getattr(grid, "hardware", "-")}',
+           f'- runs complete: {len(rows)}/{total}', '',
+           'Bits/byte are on held-out validation documents (MDM: the ELBO bound); `best` is the '
+           'lowest validation loss during training and its step (early stopping).', '']
+  if incomplete:
+    lines += ['## Incomplete runs (no result.json; left out of the analysis)', '',
+              *[f'- `{n}`' for n in incomplete], '']
+  lines += ['## Runs', '',
+            '| run | objective | model | params | unique tokens | epochs | train tokens | FLOPs '
+            '| final bits/byte | best bits/byte (step) | seed |',
+            '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    params = _fmt_tokens(r['params']) if r['params'] else '-'
+    lines.append(
+        f'| `{r["name"]}` | {r["objective"]} | {r["model"]} | {params} '
+        f'| {_fmt_tokens(r["unique_tokens"])} | {r["epochs"]:.4g} '
+        f'| {_fmt_tokens(r["train_tokens"])} | {_f(r["flops"], ".3g")} '
+        f'| {_f(r["val_bits_per_byte"])} | {_f(r["best_val_bits_per_byte"])} '
+        f'({r["best_step"] if r["best_step"] is not None else "-"}) | {r["seed"]} |')
+  lines += ['', '## Crossover', '',
+            'd(U) = bits/byte(AR) - bits/byte(MDM), seed-averaged, at a fixed total-token budget; '
+            'the crossover is where d changes sign, interpolated linearly in log U '
+            '(epochs = total tokens / U).', '']
+  for model, entry in cross.items():
+    for metric in ('final', 'best'):
+      lines.append(_crossover_sentence(model, metric, entry[metric]))
+  lines.append('')
+  for metric, proto in (('final', 'Final values (the first paper\'s protocol)'),
+                        ('best', 'Early-stopped values (the stricter comparison)')):
+    held = [m for m, e in cross.items() if _claim_holds(e[metric])]
+    lines.append(f'- {proto}: MDM overtakes AR as unique data shrinks for '
+                 f'{len(held)}/{len(cross)} model sizes'
+                 + (f' ({", ".join(map(str, held))}).' if held else '.'))
+  lines += ['', '## Data-constrained scaling law', '',
+            'L(D\') = E + B / D\'^beta with D\' = U + U R* (1 - exp(-R / R*)), R = epochs - 1 '
+            '(Muennighoff et al. 2023), fitted to final bits/byte per objective and model. '
+            f'Published R*: about {PUBLISHED_R_STAR["ar"]:g} for AR, about '
+            f'{PUBLISHED_R_STAR["mdm"]:g} for MDM (Prabhudesai et al. 2025).', '',
+            '| model | objective | E | B | beta | R* | RMSE (bits/byte) | points |',
+            '|---|---|---:|---:|---:|---:|---:|---:|']
+  for model, per_obj in fits.items():
+    for obj, fit in per_obj.items():
+      if 'status' in fit:
+        lines.append(f'| {model} | {obj} | {fit["status"]} ({fit["points"]}) | | | | | '
+                     f'{fit["points"]} |')
+      else:
+        lines.append(f'| {model} | {obj} | {fit["E"]:.4g} | {fit["B"]:.4g} | {fit["beta"]:.4g} '
+                     f'| {fit["R_star"]:.4g} | {fit["rmse"]:.3g} | {fit["points"]} |')
+  lines += ['', '## Plots', '']
+  for p in plots:
+    lines += [f'![{p}]({p})', '']
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(grid, out_dir) -> dict:
+  """Writes report.md, summary.json and the PNG plots of `grid` into `out_dir`.
+
+  Runs are read from `out_dir/runs/<RunSpec.name>/`. Returns the summary:
+  {"grid", "runs": [...], "incomplete": [names], "crossover": {model: {"final", "best"}},
+   "scaling_fit": {model: {objective: fit}}, "plots": [file names]}.
+  """
+  import matplotlib
+  matplotlib.use('Agg')  # no display on a cluster node or in CI
+
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  rows, incomplete = collect_runs(grid, out)
+  cross = crossovers(rows)
+  fits = scaling_fits(rows)
+
+  plots = []
+  if rows:
+    for name, fn, args in (('val_bpb_vs_epochs.png', plot_epochs, (rows, cross)),
+                           ('training_curves.png', plot_curves, (rows,)),
+                           ('val_bpb_vs_flops.png', plot_flops, (rows,))):
+      _save_plot(fn, args, out / name)
+      plots.append(name)
+
+  run_keys = ('name', 'objective', 'model', 'params', 'unique_tokens', 'epochs', 'train_tokens',
+              'flops', 'val_loss', 'val_bits_per_byte', 'best_val_bits_per_byte', 'best_step',
+              'seed')
+  summary: dict[str, Any] = {
+      'grid': grid.name,
+      'runs': [{k: r[k] for k in run_keys} for r in rows],
+      'incomplete': incomplete,
+      'crossover': cross,
+      'scaling_fit': fits,
+      'plots': plots,
+  }
+  # JSON keys must be strings; budgets key nothing, so only model labels need it.
+  summary['crossover'] = {str(k): v for k, v in cross.items()}
+  summary['scaling_fit'] = {str(k): v for k, v in fits.items()}
+  write_json_atomic(out / 'summary.json', summary)
+  write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots))
+  return summary

@@ -1,0 +1,209 @@
+"""The grid report: crossover points, seed averaging, scaling-law fit, files written.
+
+Runs are synthetic run directories (result.json, eval.jsonl, metrics.jsonl) with hand-chosen
+numbers, and the grid is a local stand-in with the registry's attributes (duck typing).
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import report
+
+T = 10_000_000  # total training tokens of every synthetic comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeSpec:
+  name: str
+  objective: str
+  model: str
+  unique_tokens: int
+  epochs: float
+  seed: int
+  overrides: tuple = ()
+  tokens: int = T
+  flops: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeGrid:
+  name: str
+  runs: tuple
+  description: str = 'synthetic'
+  hardware: str = 'cpu'
+  configs: tuple = ()
+
+
+def make_run(out, objective, model, u, bpb, best=None, seed=0, tokens=T, complete=True,
+             params=1_000_000):
+  """Writes a run directory; returns its spec. `bpb` is the final bits/byte."""
+  epochs = tokens / u
+  name = f'{model}-{objective}-u{u}-s{seed}-t{tokens}'
+  rd = out / 'runs' / name
+  rd.mkdir(parents=True)
+  best = bpb if best is None else best
+  steps = 10
+  flops = 6.0 * params * tokens
+  evals = [{'step': s, 'tokens_seen': tokens * s // steps, 'epoch': epochs * s / steps,
+            'val_loss': 0.0, 'val_loss_stderr': 0.01,
+            'val_bits_per_byte': bpb + (best - bpb) * (s == steps // 2) + 1.0 / (1 + s)}
+           for s in (0, 2, 5, 10)]
+  evals[-1]['val_bits_per_byte'] = bpb
+  for rec in evals:
+    rec['val_loss'] = rec['val_bits_per_byte'] * 0.7
+  (rd / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
+  (rd / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'loss': 3.0 - 0.1 * s, 'epoch': epochs * s / steps,
+                  'tokens_seen': tokens * s // steps}) + '\n' for s in range(1, steps + 1)))
+  if complete:
+    result = {'objective': objective, 'name': name, 'params': params, 'unique_tokens': u,
+              'epochs': epochs, 'train_tokens': tokens, 'steps': steps, 'flops': flops,
+              'val_loss': bpb * 0.7, 'val_loss_stderr': 0.01, 'val_bits_per_byte': bpb,
+              'best_val_loss': best * 0.7, 'best_val_bits_per_byte': best, 'best_step': 5,
+              'seq_len': 32, 'batch_size': 8, 'seed': seed, 'wall_s': 1.0}
+    (rd / 'result.json').write_text(json.dumps(result))
+  return FakeSpec(name=name, objective=objective, model=model, unique_tokens=u, epochs=epochs,
+                  seed=seed, tokens=tokens, flops=flops)
+
+
+def test_crossover_is_log_interpolated_where_d_changes_sign():
+  c = report.crossover([1e5, 1e6], [0.2, -0.2], total_tokens=T)
+  assert c['status'] == 'crossed'
+  assert c['direction'] == 'mdm_better_below'
+  assert c['unique_tokens'] == pytest.approx(math.sqrt(1e5 * 1e6))
+  assert c['epochs'] == pytest.approx(T / math.sqrt(1e5 * 1e6))
+  # Unequal sides: log U moves 1/4 of the way (0.1 / (0.1 + 0.3)) from 1e4 to 1e8.
+  c = report.crossover([1e4, 1e8], [0.1, -0.3])
+  assert c['unique_tokens'] == pytest.approx(1e5)
+
+
+def test_crossover_reports_the_first_sign_change_and_its_direction():
+  c = report.crossover([1e7, 1e5, 1e6], [0.1, -0.2, 0.2])  # unsorted input, AR wins at small U
+  assert c['direction'] == 'ar_better_below'
+  assert c['unique_tokens'] == pytest.approx(math.sqrt(1e5 * 1e6))
+  assert len(c['crossings']) == 1
+
+
+def test_crossover_not_reached_says_which_side():
+  assert report.crossover([1e5, 1e6, 1e7], [0.3, 0.2, 0.1])['status'] == 'mdm_better_everywhere'
+  c = report.crossover([1e5, 1e6, 1e7], [-0.3, -0.2, -0.1])
+  assert c['status'] == 'ar_better_everywhere'
+  assert c['unique_tokens'] is None and c['epochs'] is None
+
+
+def test_report_crossover_final_and_best_from_run_directories(tmp_path):
+  # final: d = +0.2 at U=1e5, -0.2 at U=1e6.  best (early-stopped): AR gains 0.3 at U=1e5
+  # only, so d_best = -0.1 there and -0.2 at 1e6: AR better everywhere.
+  specs = [
+      make_run(tmp_path, 'ar', 'm1', 100_000, 1.6, best=1.3),
+      make_run(tmp_path, 'mdm', 'm1', 100_000, 1.4),
+      make_run(tmp_path, 'ar', 'm1', 1_000_000, 1.0),
+      make_run(tmp_path, 'mdm', 'm1', 1_000_000, 1.2),
+  ]
+  summary = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)
+  final = summary['crossover']['m1']['final']
+  assert final['status'] == 'crossed'
+  assert final['unique_tokens'] == pytest.approx(math.sqrt(1e5 * 1e6))
+  assert final['epochs'] == pytest.approx(T / math.sqrt(1e5 * 1e6))
+  assert summary['crossover']['m1']['best']['status'] == 'ar_better_everywhere'
+  md = (tmp_path / 'report.md').read_text()
+  assert 'crossover at U = 316K' in md
+  assert 'AR better everywhere' in md
+
+
+def test_crossover_averages_over_seeds(tmp_path):
+  # Seed means: AR 1.5 and 1.1, MDM 1.4 and 1.3 -> d = +0.1 at 1e5, -0.2 at 1e6.
+  specs = [
+      make_run(tmp_path, 'ar', 'm1', 100_000, 1.4, seed=0),
+      make_run(tmp_path, 'ar', 'm1', 100_000, 1.6, seed=1),
+      make_run(tmp_path, 'mdm', 'm1', 100_000, 1.4, seed=0),
+      make_run(tmp_path, 'ar', 'm1', 1_000_000, 1.0, seed=0),
+      make_run(tmp_path, 'ar', 'm1', 1_000_000, 1.2, seed=1),
+      make_run(tmp_path, 'mdm', 'm1', 1_000_000, 1.2, seed=0),
+      make_run(tmp_path, 'mdm', 'm1', 1_000_000, 1.4, seed=1),
+  ]
+  c = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)['crossover']['m1']['final']
+  expected = math.exp(math.log(1e5) + (0.1 / 0.3) * math.log(10))
+  assert c['unique_tokens'] == pytest.approx(expected)
+  assert [p['d'] for p in c['points']] == pytest.approx([0.1, -0.2])
+
+
+@pytest.mark.parametrize('r_star', [15.0, 500.0])  # the published AR and MDM values
+def test_scaling_fit_recovers_the_law_that_made_the_data(r_star):
+  e, b, beta = 0.9, 300.0, 0.35
+  us, eps = np.meshgrid([1e5, 1e6, 1e7], [1, 2, 4, 8, 16, 32, 64, 128])
+  us, eps = us.ravel(), eps.ravel().astype(float)
+  loss = report.law(us, eps, e, b, beta, r_star)
+  fit = report.fit_scaling_law(us, eps, loss)
+  assert fit['R_star'] == pytest.approx(r_star, rel=0.1)
+  assert fit['E'] == pytest.approx(e, rel=0.05)
+  assert fit['B'] == pytest.approx(b, rel=0.1)
+  assert fit['beta'] == pytest.approx(beta, rel=0.05)
+  assert fit['rmse'] < 1e-4
+
+
+def test_scaling_fit_with_fewer_than_four_points_says_so():
+  # Two seeds at one point are one distinct point, not two.
+  fit = report.fit_scaling_law([1e5, 1e5, 1e6, 1e7], [4, 4, 2, 1], [1.0, 1.1, 0.9, 0.8])
+  assert fit['status'] == 'too few points'
+
+
+def test_incomplete_runs_are_listed_and_skipped(tmp_path):
+  specs = [
+      make_run(tmp_path, 'ar', 'm1', 100_000, 1.6),
+      make_run(tmp_path, 'mdm', 'm1', 100_000, 1.4),
+      make_run(tmp_path, 'ar', 'm1', 1_000_000, 1.0),
+      make_run(tmp_path, 'mdm', 'm1', 1_000_000, 0.1, complete=False),  # would flip d
+  ]
+  summary = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)
+  assert summary['incomplete'] == [specs[3].name]
+  assert specs[3].name not in [r['name'] for r in summary['runs']]
+  assert summary['crossover']['m1']['final']['status'] == 'mdm_better_everywhere'
+  md = (tmp_path / 'report.md').read_text()
+  assert 'runs complete: 3/4' in md and specs[3].name in md
+
+
+def test_summary_keys_and_plots_exist(tmp_path):
+  specs = []
+  for model in ('m1', 'm2'):
+    for u, (ar, mdm) in {100_000: (1.6, 1.4), 1_000_000: (1.2, 1.25),
+                         3_000_000: (1.0, 1.1), 10_000_000: (0.9, 1.05)}.items():
+      specs.append(make_run(tmp_path, 'ar', model, u, ar, best=ar - 0.05))
+      specs.append(make_run(tmp_path, 'mdm', model, u, mdm))
+  summary = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)
+  assert set(summary) >= {'grid', 'runs', 'crossover', 'scaling_fit', 'plots'}
+  assert summary['grid'] == 'g'
+  assert set(summary['runs'][0]) == {
+      'name', 'objective', 'model', 'params', 'unique_tokens', 'epochs', 'train_tokens', 'flops',
+      'val_loss', 'val_bits_per_byte', 'best_val_bits_per_byte', 'best_step', 'seed'}
+  for model in ('m1', 'm2'):
+    for metric in ('final', 'best'):
+      assert set(summary['crossover'][model][metric]) >= {'unique_tokens', 'epochs', 'status'}
+    for obj in ('ar', 'mdm'):
+      fit = summary['scaling_fit'][model][obj]
+      assert set(fit) >= {'E', 'B', 'beta', 'R_star', 'rmse'}
+  on_disk = json.loads((tmp_path / 'summary.json').read_text())
+  assert on_disk == json.loads(json.dumps(summary))
+  md = (tmp_path / 'report.md').read_text()
+  assert len(summary['plots']) == 3
+  for name in summary['plots']:
+    assert (tmp_path / name).stat().st_size > 0
+    assert f']({name})' in md
+
+
+def test_a_model_at_several_budgets_is_reported_at_its_fullest_budget(tmp_path):
+  # 2T has three unique budgets with both objectives, T only one: the crossover is at 2T.
+  specs = [make_run(tmp_path, 'ar', 'm1', 100_000, 1.6),
+           make_run(tmp_path, 'mdm', 'm1', 100_000, 1.4)]
+  for u, (ar, mdm) in {100_000: (1.5, 1.3), 1_000_000: (1.1, 1.3), 4_000_000: (1.0, 1.2)}.items():
+    specs += [make_run(tmp_path, 'ar', 'm1', u, ar, tokens=2 * T),
+              make_run(tmp_path, 'mdm', 'm1', u, mdm, tokens=2 * T)]
+  c = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)['crossover']['m1']
+  assert c['final']['train_tokens'] == 2 * T
+  assert c['final']['epochs'] == pytest.approx(2 * T / c['final']['unique_tokens'])
+  assert c['final']['unique_tokens'] == pytest.approx(math.sqrt(1e5 * 1e6))
+  assert [o['final']['status'] for o in c['other_budgets']] == ['mdm_better_everywhere']
