@@ -410,12 +410,7 @@ def cmd_show(grid: Grid, runs: list[RunSpec]) -> int:
 
 
 def cmd_report(grid: Grid, out: pathlib.Path) -> int:
-  try:
-    from experiments import report  # written separately; everything else works without it
-  except ModuleNotFoundError as e:
-    if e.name != 'experiments.report':
-      raise
-    raise UserError('experiments.report is not available in this checkout') from None
+  from experiments import report  # matplotlib and scipy load only for this command
   result: Any = report.write_report(grid, out)
   print(f'report:  {out / "report.md"}')
   pngs = sorted(out.glob('*.png')) or sorted(out.glob('**/*.png'))

@@ -320,7 +320,7 @@ def plot_epochs(rows, cross, path) -> None:
     ax.set_ylabel('validation bits/byte')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle('Final (solid) and best (dashed) validation bits/byte vs epochs, AR vs MDM')
+  fig.suptitle('Final (solid) and best (dashed) validation bits/byte vs epochs, AR vs MDM', wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -356,7 +356,7 @@ def plot_curves(rows, path) -> None:
     ax.grid(True, which='both', alpha=0.3)
     if labelled:
       ax.legend(fontsize=8)
-  fig.suptitle('Training curves: validation bits/byte vs epoch, AR vs MDM')
+  fig.suptitle('Training curves: validation bits/byte vs epoch, AR vs MDM', wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -401,7 +401,7 @@ def plot_flops(rows, path) -> None:
     ax.grid(True, which='both', alpha=0.3)
     if labelled:
       ax.legend(fontsize=8)
-  fig.suptitle('FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM')
+  fig.suptitle('FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM', wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
