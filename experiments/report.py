@@ -320,7 +320,21 @@ def plot_epochs(rows, cross, path) -> None:
     ax.set_ylabel('validation bits/byte')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
-  fig.suptitle('Final (solid) and best (dashed) validation bits/byte vs epochs, AR vs MDM', wrap=True)
+  _finish(plt, fig, 'Final (solid) and best (dashed) validation bits/byte vs epochs, AR vs MDM',
+          path)
+
+
+def _label_panel(ax, unique_tokens, xlabel: str, labelled) -> None:
+  ax.set_title(f'U = {_fmt_tokens(unique_tokens)} unique tokens')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('validation bits/byte')
+  ax.grid(True, which='both', alpha=0.3)
+  if labelled:
+    ax.legend(fontsize=8)
+
+
+def _finish(plt, fig, title: str, path) -> None:
+  fig.suptitle(title, wrap=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -350,16 +364,8 @@ def plot_curves(rows, path) -> None:
       labelled.add(label)
     if _spans_decades(xs_all) and max(xs_all) / min(x for x in xs_all if x > 0) >= 100:
       ax.set_xscale('log')  # points at epoch 0 drop out of a log axis; the rest stay readable
-    ax.set_title(f'U = {_fmt_tokens(u)} unique tokens')
-    ax.set_xlabel('epoch (training tokens seen / U)')
-    ax.set_ylabel('validation bits/byte')
-    ax.grid(True, which='both', alpha=0.3)
-    if labelled:
-      ax.legend(fontsize=8)
-  fig.suptitle('Training curves: validation bits/byte vs epoch, AR vs MDM', wrap=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    _label_panel(ax, u, 'epoch (training tokens seen / U)', labelled)
+  _finish(plt, fig, 'Training curves: validation bits/byte vs epoch, AR vs MDM', path)
 
 
 def plot_flops(rows, path) -> None:
@@ -395,16 +401,8 @@ def plot_flops(rows, path) -> None:
         labelled.add(label)
     # Compute spans decades across model sizes; log also keeps one scale for every panel.
     ax.set_xscale('log')
-    ax.set_title(f'U = {_fmt_tokens(u)} unique tokens')
-    ax.set_xlabel('training compute (FLOPs)')
-    ax.set_ylabel('validation bits/byte')
-    ax.grid(True, which='both', alpha=0.3)
-    if labelled:
-      ax.legend(fontsize=8)
-  fig.suptitle('FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM', wrap=True)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+    _label_panel(ax, u, 'training compute (FLOPs)', labelled)
+  _finish(plt, fig, 'FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM', path)
 
 
 def _save_plot(fn, args, path: pathlib.Path) -> None:
