@@ -110,7 +110,7 @@ def run(cfg) -> dict:
   }
 
 
-TARGETS = {  # issue targets on the 2-core development machine
+TARGETS = {  # project targets on the 2-core development machine
     'mfu_vs_matmul_peak': ('>=', 0.5),
     'mdm_over_ar_step_time': ('<=', 1.10),
 }
