@@ -42,6 +42,7 @@ from typing import Any, Iterable
 from dlmjax import config as config_lib
 from dlmjax import flops as flops_lib
 from dlmjax.errors import ConfigError, UserError, exit_on_user_error
+from dlmjax.rundir import write_json_atomic
 from experiments import registry
 from experiments.registry import Grid, RunSpec
 
@@ -174,12 +175,6 @@ def _tail(path: pathlib.Path, lines: int) -> list[str]:
     return []
 
 
-def _write_json(path: pathlib.Path, data: dict) -> None:
-  tmp = path.with_name(path.name + f'.tmp{os.getpid()}')
-  tmp.write_text(json.dumps(data, indent=1))
-  os.replace(tmp, path)
-
-
 # Trainings in flight, so that a SIGTERM (preemption, scancel) or Ctrl-C of the runner reaches
 # them: each saves a checkpoint and exits, and no new run starts.
 _stop = threading.Event()
@@ -239,7 +234,7 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
       say(f'{run.name}: stopped; the next `run` resumes it')
       return 'stopped'
     tail = _tail(rdir / LOG, LOG_TAIL_LINES)
-    _write_json(rdir / FAILED, {
+    write_json_atomic(rdir / FAILED, {
         'exit_code': rc, 'host': socket.gethostname(),
         'time': datetime.datetime.now().isoformat(timespec='seconds'),
         'command': cmd, 'log_tail': tail})
