@@ -326,6 +326,11 @@ def from_dict(data: dict) -> Config:
   return cfg
 
 
+def read_config_file(path: str | pathlib.Path) -> Config:
+  """The Config a run directory's config.yaml holds (written by `to_yaml`)."""
+  return from_dict(read_yaml(str(path)))
+
+
 def to_dict(cfg: Config) -> dict:
   return dataclasses.asdict(cfg)
 

@@ -18,7 +18,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from flax import nnx
 
 from dlmjax import config as config_lib
@@ -51,7 +50,7 @@ class Run:
     self.dir = RunDir(run_dir)
     if not self.dir.config.is_file():
       raise UserError(f'{self.dir.path} is not a run directory (no config.yaml)')
-    self.config: Config = config_lib.from_dict(yaml.safe_load(self.dir.config.read_text()))
+    self.config: Config = config_lib.read_config_file(self.dir.config)
     self.tokenizer: Tokenizer = load_tokenizer(self.dir.tokenizer)
     self.objective = objectives.get(self.config.objective)
     ckpt = Checkpointer(self.dir.checkpoints, read_only=True)

@@ -68,6 +68,12 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
   return out
 
 
+def training_evals(path: pathlib.Path) -> list[dict]:
+  """eval.jsonl records written by the training run; later evaluations
+  (`python -m dlmjax.eval`) carry a `source` key and are left out."""
+  return [r for r in read_jsonl(path) if 'source' not in r]
+
+
 def truncate_jsonl(path: pathlib.Path, max_step: int) -> None:
   """Drops lines logged after `max_step`: a resumed run logs those steps again."""
   records = [r for r in read_jsonl(path) if r.get('step', 0) <= max_step]

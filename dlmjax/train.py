@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 
 from dlmjax import config as config_lib
@@ -40,7 +39,7 @@ from dlmjax.errors import UserError, exit_on_user_error
 from dlmjax.eval import likelihood
 from dlmjax.model.transformer import Transformer
 from dlmjax.progress import StepProgress
-from dlmjax.rundir import (RunDir, append_jsonl, read_jsonl, truncate_jsonl,
+from dlmjax.rundir import (RunDir, append_jsonl, training_evals, truncate_jsonl,
                            write_json_atomic, write_text_atomic)
 
 EXIT_NONFINITE = 3
@@ -180,7 +179,7 @@ def resolve_run_dir(cfg: Config) -> RunDir:
   rd = RunDir(cfg.run_dir)
   if rd.config.is_file():
     try:
-      previous = config_lib.from_dict(yaml.safe_load(rd.config.read_text()))
+      previous = config_lib.read_config_file(rd.config)
     except UserError as e:
       raise UserError(f'{rd.config} cannot be read back ({e}); use a new run_dir') from None
     # vocab_size is resolved from the tokenizer at start-up; compare like with like.
@@ -372,7 +371,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   save(num_steps, last_metrics)
   ckpt.close()
 
-  evals = [r for r in read_jsonl(rd.evals) if 'source' not in r]
+  evals = training_evals(rd.evals)
   final = evals[-1]
   best = min(evals, key=lambda r: r['val_loss'])
   result = {

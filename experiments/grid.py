@@ -29,7 +29,6 @@ import concurrent.futures
 import datetime
 import fnmatch
 import json
-import math
 import os
 import pathlib
 import signal
@@ -41,15 +40,15 @@ from typing import Any, Iterable
 
 from dlmjax import config as config_lib
 from dlmjax import flops as flops_lib
+from dlmjax.data import pipeline
 from dlmjax.errors import ConfigError, UserError, exit_on_user_error
-from dlmjax.rundir import write_json_atomic
+from dlmjax.rundir import RunDir, write_json_atomic
 from experiments import registry
 from experiments.registry import Grid, RunSpec
 
 LOCK = 'lock'
 FAILED = 'failed.json'
 LOG = 'train.log'
-RESULT = 'result.json'
 LOG_TAIL_LINES = 30
 
 
@@ -196,7 +195,7 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
               say=print) -> str:
   """Trains one run if nobody else does; returns 'done', 'skipped', 'busy' or 'failed'."""
   rdir = run_dir(out, run)
-  if (rdir / RESULT).exists():
+  if RunDir(rdir).is_complete():
     return 'skipped'
   if _stop.is_set():
     return 'stopped'
@@ -204,7 +203,7 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
     return 'busy'
   try:
     # Another runner may have finished it between our first look and the claim.
-    if (rdir / RESULT).exists():
+    if RunDir(rdir).is_complete():
       return 'skipped'
     cmd = [sys.executable, '-m', 'dlmjax.train', *grid.config_paths(),
            *run_overrides(run, extra, rdir), 'train.progress=false']
@@ -226,7 +225,7 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
       finally:
         with _children_lock:
           _children.discard(child)
-    if rc == 0 and (rdir / RESULT).exists():
+    if rc == 0 and RunDir(rdir).is_complete():
       say(f'{run.name}: done')
       return 'done'
     if rc == 0:
@@ -312,21 +311,19 @@ def _last_step(path: pathlib.Path) -> int:
 def _planned_steps(grid: Grid, run: RunSpec, rdir: pathlib.Path, extra: list[str]) -> int | None:
   try:
     # The run's own config.yaml is the truth once it started (it had the overrides it ran with).
-    if (rdir / 'config.yaml').is_file():
-      import yaml
-      cfg = config_lib.from_dict(yaml.safe_load((rdir / 'config.yaml').read_text()))
+    if RunDir(rdir).config.is_file():
+      cfg = config_lib.read_config_file(RunDir(rdir).config)
     else:
       cfg = resolve(grid, run, extra, rdir)
   except UserError:
     return None
-  t = cfg.train
-  return t.steps or math.ceil(round(cfg.data.unique_tokens * cfg.data.epochs)
-                              / (t.batch_size * cfg.data.seq_len))
+  return pipeline.planned_steps(cfg.data.unique_tokens, cfg.data.epochs,
+                               cfg.train.batch_size * cfg.data.seq_len, cfg.train.steps)
 
 
 def run_state(rdir: pathlib.Path) -> tuple[str, str]:
   """('done' | 'running' | 'failed' | 'pending', detail)."""
-  if (rdir / RESULT).exists():
+  if RunDir(rdir).is_complete():
     return 'done', ''
   held = read_lock(rdir / LOCK)
   if held is not None:
@@ -348,10 +345,10 @@ def cmd_status(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[s
     state, detail = run_state(rdir)
     counts[state] += 1
     steps = _planned_steps(grid, run, rdir, extra)
-    step = _last_step(rdir / 'metrics.jsonl')
+    step = _last_step(RunDir(rdir).metrics)
     if state == 'done':
       try:
-        step = json.loads((rdir / RESULT).read_text()).get('steps', step)
+        step = json.loads(RunDir(rdir).result.read_text()).get('steps', step)
       except (json.JSONDecodeError, OSError):
         pass
     frac = min(step / steps, 1.0) if steps else 0.0

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from dlmjax.rundir import RunDir, read_jsonl, write_json_atomic, write_text_atomic
+from dlmjax.rundir import RunDir, training_evals, write_json_atomic, write_text_atomic
 
 OBJECTIVES = ('ar', 'mdm')
 COLORS = {'ar': 'tab:blue', 'mdm': 'tab:orange'}
@@ -55,8 +55,7 @@ def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
     except (OSError, json.JSONDecodeError):
       incomplete.append(spec.name)  # unreadable: treat as not finished rather than crash
       continue
-    # Records with a `source` come from later, separate evaluations, not the training run.
-    curve = [r for r in read_jsonl(rd.evals) if 'source' not in r]
+    curve = training_evals(rd.evals)
     rows.append({
         'name': spec.name,
         'objective': res.get('objective', spec.objective),

@@ -131,6 +131,11 @@ def pack_rows(split: Split, start_token: int, num_rows: int, seq_len: int,
       start_token, num_rows, seq_len)
 
 
+def planned_steps(unique_tokens: int, epochs: float, tokens_per_batch: int, steps: int = 0) -> int:
+  """`steps` if given, else ceil(round(U * E) / (B * L)): the last batch is padded."""
+  return int(steps) if steps else math.ceil(round(unique_tokens * epochs) / tokens_per_batch)
+
+
 class TrainData:
   """The training stream of one run as grain batches for this process.
 
@@ -174,7 +179,7 @@ class TrainData:
       if self.total_tokens <= 0:
         raise UserError(f'data.epochs={epochs} of data.unique_tokens={self.unique_tokens} '
                         'rounds to no tokens')
-      self.num_steps = math.ceil(self.total_tokens / self.tokens_per_batch)
+      self.num_steps = planned_steps(self.unique_tokens, epochs, self.tokens_per_batch)
     n = split.num_docs
     self.stream = PackedStream(split, total_tokens=self.total_tokens,
                                order=lambda e: epoch_order(n, seed, e))
