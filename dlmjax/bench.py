@@ -6,6 +6,8 @@ Measures, in one run on whatever machine it runs on:
   mfu_vs_matmul_peak     model FLOPs/s (6N + attention, dlmjax/flops.py) / matmul_gflops
   mdm_over_ar_step_time  step time of the mdm objective over that of ar (same model, batch)
   data_tokens_per_s      the input pipeline alone (store -> budget -> epochs -> packed batches)
+  eval_items_per_s_*     multiple-choice scoring: code-cloze items (4 choices each) per second,
+                         exact for ar, the eval.task_estimator with eval.task_samples for mdm
 The train step is fed real packed batches of the embedded corpus; times are medians over
 repeats after compilation and a warm-up.
 """
@@ -77,6 +79,31 @@ def bench_step(cfg, objective: str, batches: list[dict], repeats: int = 5,
   return statistics.median(times)
 
 
+def bench_eval(cfg, causal: bool, num_items: int = 128, repeats: int = 3) -> float:
+  """Median code-cloze items per second of the task scorer (random weights: speed only)."""
+  from flax import nnx
+
+  from dlmjax.eval.likelihood import ContinuationScorer, merge_params
+  from dlmjax.eval.tasks import code_cloze, harness
+  from dlmjax.train import build_model
+
+  tokenizer, _ = store_lib.prepare_data(cfg.data)
+  graphdef, state = nnx.split(build_model(cfg))
+  params = nnx.to_pure_dict(state)
+  items = code_cloze.code_cloze(cfg.data.val_fraction)[:num_items]
+  pairs = harness.encode_task(tokenizer, items, cfg.data.seq_len).pairs
+  scorer = ContinuationScorer(lambda p: merge_params(graphdef, state, p), cfg, causal=causal,
+                              estimator=cfg.eval.task_estimator, num_samples=cfg.eval.task_samples,
+                              seed=cfg.eval.seed)
+  scorer(params, pairs)  # compiles every bucket these items use
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    scorer(params, pairs)
+    times.append(time.perf_counter() - t0)
+  return len(items) / statistics.median(times)
+
+
 def run(cfg) -> dict:
   data = _data(cfg)
   it = data.iterator()
@@ -107,6 +134,10 @@ def run(cfg) -> dict:
       'mfu_vs_matmul_peak_ar': tokens / t_ar * fpt / peak,
       'mdm_over_ar_step_time': t_mdm / t_ar,
       'data_tokens_per_s': bench_data(cfg),
+      'eval_items_per_s_ar': bench_eval(cfg, causal=True),
+      'eval_items_per_s_mdm': bench_eval(cfg, causal=False),
+      'eval_task_estimator': cfg.eval.task_estimator,
+      'eval_task_samples': cfg.eval.task_samples,
   }
 
 

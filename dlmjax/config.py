@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dlmjax.errors import ConfigError
+from dlmjax.errors import ConfigError, UserError
 
 
 @dataclasses.dataclass
@@ -129,6 +129,12 @@ class EvalConfig:
   batch_size: int = 32
   mdm_samples: int = 4  # K Monte Carlo samples of (t, mask) for the diffusion ELBO
   seed: int = 0  # fixed, so the same checkpoint always gives the same number
+  # Multiple-choice tasks scored during training (dlmjax/eval/tasks), e.g. 'code_cloze'.
+  tasks: str = ''  # comma-separated task specs; '' none
+  task_every: int = 4  # tasks run at every N-th validation eval and always at the last
+  task_items: int = 0  # items per task, the first N of its fixed order; 0: all
+  task_estimator: str = 'llada'  # diffusion estimator of log p(continuation | context)
+  task_samples: int = 4  # its Monte Carlo samples per (context, continuation) pair
 
 
 @dataclasses.dataclass
@@ -423,6 +429,7 @@ def validate(cfg: Config) -> None:
   _check(e.val_tokens >= d.seq_len, 'eval.val_tokens', f'must be at least data.seq_len={d.seq_len}')
   _check(e.batch_size > 0, 'eval.batch_size', 'must be positive')
   _check(e.mdm_samples >= 1, 'eval.mdm_samples', 'must be at least 1')
+  _check_tasks(cfg.eval)
   for key in ('data', 'fsdp', 'tensor', 'expert'):
     v = getattr(cfg.mesh, key)
     _check(v == -1 or v >= 1, f'mesh.{key}', 'must be -1 (the rest) or a positive size')
@@ -430,6 +437,21 @@ def validate(cfg: Config) -> None:
          'mesh', 'at most one axis may be -1')
   _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep >= 1, 'checkpoint.keep',
          'need every >= 0 and keep >= 1')
+
+
+def _check_tasks(e: EvalConfig) -> None:
+  from dlmjax.eval import tasks  # imported late: the task loaders need the config module
+  from dlmjax.eval.likelihood import ESTIMATORS
+
+  for spec in tasks.split_specs(e.tasks):
+    try:
+      tasks.check_spec(spec)
+    except UserError as err:
+      raise ConfigError(f'config key \'eval.tasks\': {err}') from None
+  _check(e.task_every >= 1, 'eval.task_every', 'must be at least 1')
+  _check(e.task_items >= 0, 'eval.task_items', 'must be >= 0 (0: every item)')
+  _one_of(e.task_estimator, 'eval.task_estimator', ESTIMATORS)
+  _check(e.task_samples >= 1, 'eval.task_samples', 'must be at least 1')
 
 
 # Keys that may change between a run and its resumption without changing what is trained.

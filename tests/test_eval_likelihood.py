@@ -190,3 +190,16 @@ def test_greedy_flags_the_argmax_continuation():
   for causal in (True, False):
     np.testing.assert_array_equal(scorer('llada', causal=causal).greedy({}, pairs),
                                   [True, False, True])
+
+
+@pytest.mark.parametrize('estimator', ['llada', 'mc_elbo'])
+def test_choices_sharing_a_continuation_are_scored_on_the_same_masks(estimator):
+  cont = [6, 7, 4, 5, 6]
+  pairs = [([BOS_ID, 4, 5, 7], cont), ([BOS_ID], cont), ([BOS_ID, 5], [6, 7, 4, 5, 7])]
+  rows, chunk, batch, masked, _, weight = packed(pairs, estimator)
+  rel = {}
+  for b, r in enumerate(chunk):
+    pair, _, first, sample, _ = rows[r]
+    rel[pair, sample] = (tuple(np.flatnonzero(masked[b]) - first), float(weight[b]))
+  assert all(rel[0, k] == rel[1, k] for k in range(8))
+  assert any(rel[0, k] != rel[2, k] for k in range(8))

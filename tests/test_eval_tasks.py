@@ -215,35 +215,42 @@ def cloze():
 
 def test_code_cloze_is_deterministic_with_several_hundred_four_way_items():
   items = cloze()
-  assert len(items) >= 300
+  assert len(items) == 600
   assert items == code_cloze.code_cloze(0.02)
-  assert all(len(it.requests) == 4 == len(set(it.choices)) for it in items)
+  assert all(len(it.requests) == 4 == len({c for c, _ in it.requests}) for it in items)
   assert len({it.id.split(':')[0] for it in items}) >= 10
 
 
-def test_code_cloze_items_come_only_from_held_out_files_and_show_the_true_line():
-  held_out = {d.name: d.text for d in code_cloze.held_out_files(0.02)}
+def test_code_cloze_asks_a_held_out_line_under_its_own_and_three_other_contexts():
+  held_out = {d.name: d.text.split('\n') for d in code_cloze.held_out_files(0.02)}
+  # Every prefix of a held-out file that ends at a line start, and the line that follows.
+  places = {}
+  for name, lines in held_out.items():
+    prefix = ''
+    for line in lines:
+      places[prefix] = line
+      prefix += line + '\n'
   for it in cloze():
     name, line_no = it.id.rsplit(':', 1)
     assert is_val_name(name, 0.02)
-    lines = held_out[name].split('\n')
+    lines = held_out[name]
     t = int(line_no) - 1
-    context = it.requests[0][0]
-    assert all(c == context for c, _ in it.requests)
-    assert context == ''.join(line + '\n' for line in lines[:t])
-    assert it.choices[it.gold] == lines[t].rstrip() + '\n'
-    indents = {c[:len(c) - len(c.lstrip())] for c in it.choices}
-    assert len(indents) == 1  # distractors share the true line's indentation
-    assert all(c.rstrip('\n') in lines or c.rstrip() in [l.rstrip() for l in lines]
-               for c in it.choices)
+    line = lines[t].rstrip() + '\n'
+    assert all(x == line for _, x in it.requests) and it.choices == (line,) * 4
+    assert it.requests[it.gold][0] == ''.join(x + '\n' for x in lines[:t])
+    for context, _ in it.requests:  # each choice is a place before a line of this indentation
+      following = places[context]
+      assert following[:len(following) - len(following.lstrip())] == \
+          line[:len(line) - len(line.lstrip())]
 
 
-def test_code_cloze_context_free_guesses_are_at_chance():
-  """Shortest- or longest-line guesses use only the four texts: they sit at 1/4."""
+def test_code_cloze_guesses_from_the_contexts_alone_are_at_chance():
+  """The longest or shortest context, or a fixed position: right 1/4 of the time."""
   items = cloze()
   gold = np.array([it.gold for it in items])
   se = math.sqrt(0.25 * 0.75 / len(items))
   for pick in (np.argmin, np.argmax):
-    acc = np.mean([pick([len(c) for c in it.choices]) == g for it, g in zip(items, gold)])
+    acc = np.mean([pick([len(c) for c, _ in it.requests]) == g for it, g in zip(items, gold)])
     assert abs(acc - 0.25) < 3 * se, (pick.__name__, acc)
-  assert abs(np.mean(gold == 0) - 0.25) < 3 * se
+  for k in range(4):
+    assert abs(np.mean(gold == k) - 0.25) < 3 * se

@@ -22,9 +22,12 @@ estimators, all unbiased for their target with exact conditionals:
                    for one uniform u (MDLM's sampler), which lowers the variance
   chain_rule       left to right, one token at a time: token j scored with tokens < j
                    visible and tokens >= j masked; deterministic, n passes per pair
-K samples are averaged per pair. A pair's samples are keyed by a hash of its token ids and
-the seed, so a pair gets the same estimate in any batch, order or run (the lm-eval adapter
-and the native harness agree exactly, and two checkpoints are compared on the same masks).
+K samples are averaged per pair. A pair's samples are keyed by the seed and a hash of its
+continuation's ids, and its masks are drawn relative to where the continuation starts, so a
+pair gets the same estimate in any batch, order or run (the lm-eval adapter and the native
+harness agree exactly), and choices that share a continuation under different contexts
+(WinoGrande, the code cloze) are scored on the same masks: common random numbers, so
+their difference is estimated with far less noise than either term.
 
 Rows are padded to a few length buckets (powers of two up to `max_len`), and each bucket's
 batches hold the same number of tokens, so a handful of shapes compile whatever the task.
@@ -132,23 +135,28 @@ def _uniform_B(keys_B: jax.Array, tag: int) -> jax.Array:
   return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, tag)))(keys_B)
 
 
-def _uniform_BxL(keys_B: jax.Array, tag: int, length: int) -> jax.Array:
-  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, tag), (length,)))(keys_B)
+def _uniform_BxL(keys_B: jax.Array, tag: int, start_B: jax.Array, length: int) -> jax.Array:
+  """Row b's draw for position i is its (i - start_b)-th uniform: aligned on the continuation."""
+  u_BxL = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, tag), (length,)))(keys_B)
+  rel_BxL = (jnp.arange(length)[None, :] - start_B[:, None]) % length
+  return jnp.take_along_axis(u_BxL, rel_BxL, axis=1)
 
 
 def dlm_masks(batch: dict, base_key: jax.Array, cfg: Config, *, estimator: str,
               num_samples: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The masks of one sample per row: (masked_BxL, scored_BxL, weight_B).
 
-  Row b is sample `batch['sample'][b]` (0..K-1) of the pair whose content hash is
-  `batch['pair_hash'][b]`; its randomness depends on nothing else.
+  Row b is sample `batch['sample'][b]` (0..K-1) of a pair whose continuation hashes to
+  `batch['cont_hash'][b]`; its randomness depends on nothing else, and per-token draws are
+  indexed from the continuation's first position.
   """
   is_cont_BxL = batch['is_cont']
   length = is_cont_BxL.shape[1]
-  pair_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, batch['pair_hash'])
+  pair_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base_key, batch['cont_hash'])
   # Sample k draws from fold_in(pair key, k + 1); the pair's shared uniform from tag 0.
   sample_keys_B = jax.vmap(jax.random.fold_in)(pair_keys_B, batch['sample'] + 1)
   n_B = is_cont_BxL.sum(axis=1)
+  start_B = jnp.argmax(is_cont_BxL, axis=1)
   if estimator == 'chain_rule':
     # The host laid out one row per continuation token j, with tokens >= j marked: mask
     # them all and score the first.
@@ -158,7 +166,7 @@ def dlm_masks(batch: dict, base_key: jax.Array, cfg: Config, *, estimator: str,
     l_B = jnp.clip(1 + jnp.floor(_uniform_B(sample_keys_B, 0) * n_B).astype(jnp.int32), 1, None)
     # Exactly l of the n continuation tokens: the l smallest of n uniform draws (the other
     # positions draw 2, above every continuation draw).
-    draws_BxL = jnp.where(is_cont_BxL, _uniform_BxL(sample_keys_B, 1, length), 2.0)
+    draws_BxL = jnp.where(is_cont_BxL, _uniform_BxL(sample_keys_B, 1, start_B, length), 2.0)
     rank_BxL = jnp.argsort(jnp.argsort(draws_BxL, axis=1), axis=1)
     masked_BxL = is_cont_BxL & (rank_BxL < l_B[:, None])
     return masked_BxL, masked_BxL, n_B / l_B
@@ -170,7 +178,8 @@ def dlm_masks(batch: dict, base_key: jax.Array, cfg: Config, *, estimator: str,
     raise ValueError(f'unknown estimator {estimator!r}; known: {", ".join(ESTIMATORS)}')
   t_B = cfg.mdm.eps + (1.0 - cfg.mdm.eps) * u_B
   mask_prob_B, weight_B = mdm.schedule(t_B, cfg.mdm.schedule)
-  masked_BxL = is_cont_BxL & (_uniform_BxL(sample_keys_B, 1, length) < mask_prob_B[:, None])
+  masked_BxL = is_cont_BxL & (_uniform_BxL(sample_keys_B, 1, start_B, length)
+                              < mask_prob_B[:, None])
   return masked_BxL, masked_BxL, weight_B
 
 
@@ -216,9 +225,9 @@ def fit_pair(context: Sequence[int], continuation: Sequence[int],
   return context[-(max_len - len(continuation)):], continuation
 
 
-def pair_hash(context: Sequence[int], continuation: Sequence[int]) -> int:
-  """A 31-bit hash of a pair's ids that keys its Monte Carlo samples."""
-  data = np.asarray([*context, -1, *continuation], np.int64).tobytes()
+def continuation_hash(continuation: Sequence[int]) -> int:
+  """A 31-bit hash of a continuation's ids that keys its Monte Carlo samples."""
+  data = np.asarray(continuation, np.int64).tobytes()
   return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), 'little') >> 1
 
 
@@ -264,11 +273,11 @@ class ContinuationScorer:
     self._score_fn, self._greedy_fn = score_fn, greedy_fn
 
   def rows(self, pairs: Sequence[Pair]) -> list[tuple[int, list[int], int, int, int]]:
-    """(pair index, ids, first scored position, sample, pair hash) for every row needed."""
+    """(pair index, ids, first scored position, sample, continuation hash) per row needed."""
     out = []
     for i, (context, continuation) in enumerate(pairs):
       ctx, cont = fit_pair(context, continuation, self.max_len)
-      ids, h = ctx + cont, pair_hash(ctx, cont)
+      ids, h = ctx + cont, continuation_hash(cont)
       if self.estimator == 'chain_rule' and not self.causal:
         out += [(i, ids, len(ctx) + j, 0, h) for j in range(len(cont))]
       else:
@@ -292,16 +301,16 @@ class ContinuationScorer:
     tokens = np.full((num_rows, length), PAD_ID, np.int32)
     segment_ids = np.zeros((num_rows, length), np.int32)
     is_cont = np.zeros((num_rows, length), bool)
-    pair_hashes = np.zeros(num_rows, np.uint32)
+    cont_hashes = np.zeros(num_rows, np.uint32)
     samples = np.zeros(num_rows, np.int32)
     for b, (_, ids, first, sample, h) in enumerate(rows):
       tokens[b, :len(ids)] = ids
       segment_ids[b, :len(ids)] = 1
       is_cont[b, first:len(ids)] = True
-      pair_hashes[b], samples[b] = h, sample
+      cont_hashes[b], samples[b] = h, sample
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()
     return {'tokens': tokens, 'segment_ids': segment_ids, 'positions': positions,
-            'is_cont': is_cont, 'pair_hash': pair_hashes, 'sample': samples}
+            'is_cont': is_cont, 'cont_hash': cont_hashes, 'sample': samples}
 
   def __call__(self, params: Any, pairs: Sequence[Pair], *, progress: bool = False) -> np.ndarray:
     """float64 [N]: the estimate of log p(continuation | context) of each pair."""

@@ -2,6 +2,8 @@
 
     items = load_task('hellaswag:/data/hellaswag/hellaswag_val.jsonl', val_fraction=0.02)
     metrics = harness.evaluate_mc(score, tokenizer, items, max_len=2048)
+    suite = TaskSuite(['code_cloze'], cfg, tokenizer, model_fn, causal=False)
+    suite(params)   # {'code_cloze': {'acc': ..., 'acc_norm': ..., 'delta_nll': ...}}
 
 `code_cloze` is embedded (held-out standard-library files, `code_cloze.py`); the standard
 benchmarks read their official files from a local path (`benchmarks.py`): hellaswag, mmlu,
@@ -11,10 +13,14 @@ arc_easy, arc_challenge, piqa, winogrande.
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable, Sequence
 
+from dlmjax.config import Config
+from dlmjax.data.tokenizer import Tokenizer
 from dlmjax.errors import UserError
+from dlmjax.eval.likelihood import ContinuationScorer
 from dlmjax.eval.tasks import benchmarks, code_cloze
-from dlmjax.eval.tasks.harness import MCItem
+from dlmjax.eval.tasks.harness import MCItem, encode_task, evaluate_encoded
 
 EMBEDDED = ('code_cloze',)
 FROM_FILE = {
@@ -61,3 +67,30 @@ def load_task(spec: str, *, val_fraction: float) -> list[MCItem]:
   if not items:
     raise UserError(f'task {name}: {path!r} holds no items')
   return items
+
+
+class TaskSuite:
+  """A run's tasks, loaded and tokenized once, scored with one ContinuationScorer.
+
+  `cfg.eval` sets the diffusion estimator (`task_estimator`, `task_samples`), the seed and
+  the items per task (`task_items`); the window is the run's `data.seq_len`.
+  """
+
+  def __init__(self, specs: Sequence[str], cfg: Config, tokenizer: Tokenizer,
+               model_fn: Callable[[Any], Any], *, causal: bool, progress: bool = False):
+    e = cfg.eval
+    self.scorer = ContinuationScorer(model_fn, cfg, causal=causal, estimator=e.task_estimator,
+                                     num_samples=e.task_samples, seed=e.seed)
+    self.encoded = {}
+    for spec in specs:
+      items = load_task(spec, val_fraction=cfg.data.val_fraction)[:e.task_items or None]
+      self.encoded[task_name(spec)] = encode_task(tokenizer, items, self.scorer.max_len)
+    self.progress = progress
+    self.describe = {'estimator': 'exact' if causal else e.task_estimator,
+                     'samples': self.scorer.num_samples}
+
+  def __call__(self, params: Any) -> dict[str, dict]:
+    """{task: metrics} (harness.aggregate's keys, plus the estimator and its samples)."""
+    score = lambda pairs: self.scorer(params, pairs, progress=self.progress)
+    return {name: {**evaluate_encoded(score, enc), **self.describe}
+            for name, enc in self.encoded.items()}
