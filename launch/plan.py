@@ -190,7 +190,7 @@ def env_lines(env: dict[str, str]) -> list[str]:
 
 def default_name(label: str) -> str:
   """`dlmjax-USER-LABEL-MMDD-HHMMSS`: a valid Cloud TPU / SLURM name, unique per launch."""
-  label = re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')[:24].strip('-') or 'run'
+  label = re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')[:20].strip('-') or 'run'
   user = re.sub(r'[^a-z0-9]+', '', os.environ.get('USER', '').lower())[:8]
   stamp = datetime.datetime.now().strftime('%m%d-%H%M%S')
   return '-'.join(x for x in ('dlmjax', user, label, stamp) if x)

@@ -121,7 +121,8 @@ def sbatch_script(name: str, jobs: list[plan.Job], res: Resources, envi: Environ
   if envi.container:
     # pyxis: the checkout and the output are mounted at the same paths inside the container.
     srun += [f'--container-image={envi.container}',
-             f'--container-mounts={envi.repo},{out}', f'--container-workdir={envi.repo}']
+             f'--container-mounts={envi.repo}:{envi.repo},{out}:{out}',
+             f'--container-workdir={envi.repo}']
     body.append(f'export PYTHONPATH={shlex.quote(envi.repo)}${{PYTHONPATH:+:$PYTHONPATH}}')
   body += [
       'echo "[launch] $(date \'+%F %T\') $run on $SLURM_JOB_NUM_NODES node(s), '

@@ -53,7 +53,6 @@ HOME_DIR = 'dlmjax'  # the checkout on each worker, relative to its home directo
 ARCHIVE = 'dlmjax-code.tar.gz'  # copied into each worker's home directory
 JOB = '.launch/job.sh'  # inside the checkout; .launch/ also holds pid, job.log, exit_code
 POLL_S = 30.0  # between state checks while the request waits for capacity
-RECONNECTS = 20  # log stream reconnections before the job is given up as lost
 STOP_GRACE_S = 300  # how long workers get to save a checkpoint and exit before deletion
 
 # The software versions Cloud TPU documents for JAX, by TPU generation (docs: runtimes).
@@ -360,15 +359,19 @@ class Launch:
       self.sleep(POLL_S)
 
   def _watch(self) -> int | None:
-    """Streams worker 0's log until the job ends; its exit code, or None if it was lost."""
-    seen = 0
+    """Streams worker 0's log until the job ends; its exit code, or None if it was lost.
+
+    A broken stream is resumed where it stopped, for as long as the slice is up: the job may
+    still be training, and only the user (Ctrl-C) decides to stop it.
+    """
+    seen, pause = 0, 5.0
 
     def show(line: str) -> None:
       nonlocal seen
       seen += 1
       self.say(line.rstrip('\n'))
 
-    for attempt in range(RECONNECTS):
+    while True:
       self._run(self.tpu.ssh_first(tail_script(seen + 1)), on_line=show)
       rc, status = self.shell(self.tpu.ssh_first(status_script()), capture=True)
       status = status.strip().splitlines()[-1] if status.strip() else ''
@@ -378,9 +381,9 @@ class Launch:
         return None
       if rc and self._state() != READY:
         return None
-      self.say('the log stream ended while the job runs; reconnecting')
-      self.sleep(min(60.0, 5.0 * (attempt + 1)))
-    return None
+      self.say(f'the log stream broke while the job runs; reconnecting in {pause:g} s')
+      self.sleep(pause)
+      pause = min(60.0, 2 * pause)
 
   def _interrupted(self) -> str:
     if not self.started:

@@ -145,8 +145,9 @@ class FakeGcloud:
   """Answers gcloud like a slice would; records each command by its step."""
 
   def __init__(self, states=('WAITING_FOR_RESOURCES', 'ACTIVE'), exit_codes=('0',),
-               interrupt_tail=False, lose_on_tail=0):
+               interrupt_tail=False, lose_on_tail=0, drop_stream=False):
     self.states, self.exit_codes = list(states), list(exit_codes)
+    self.drop_stream, self.tails = drop_stream, []
     self.interrupt_tail, self.lose_on_tail = interrupt_tail, lose_on_tail
     self.lost, self.steps = False, []
 
@@ -170,6 +171,12 @@ class FakeGcloud:
     if self.lost and step not in ('create', 'describe', 'delete'):
       return 255, ''  # ssh to a preempted slice fails
     if step == 'tail':
+      self.tails.append(next(a for a in argv if a.startswith('--command=')))
+      if self.drop_stream:  # the connection breaks after one line; the job goes on
+        self.drop_stream = False
+        self.exit_codes.insert(0, 'running')
+        on_line('step 5 loss 6.0\n')
+        return 255, ''
       if self.interrupt_tail and 'stop' not in self.steps:
         raise KeyboardInterrupt
       if self.lose_on_tail and self.steps.count('create') == 1:
@@ -198,6 +205,15 @@ def test_tpu_launch_creates_waits_copies_sets_up_starts_streams_and_deletes():
   assert fake.steps == ['create', 'describe', 'describe', 'scp', 'setup', 'start', 'tail',
                         'status', 'wait', 'delete']
   assert 'step 10 loss 5.0' in said
+
+
+def test_tpu_a_broken_log_stream_resumes_at_the_next_line_and_keeps_the_slice():
+  fake = FakeGcloud(drop_stream=True)
+  rc, said = launch(fake)
+  assert rc == 0
+  assert fake.steps[6:] == ['tail', 'status', 'tail', 'status', 'wait', 'delete']
+  assert 'tail -n +1 ' in fake.tails[0] and 'tail -n +2 ' in fake.tails[1]
+  assert said.count('step 5 loss 6.0') == 1 and 'step 10 loss 5.0' in said
 
 
 def test_tpu_launch_deletes_the_slice_after_a_failed_run_but_not_with_keep():
