@@ -65,12 +65,21 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
                  help='environment variable set on every host (repeatable)')
 
 
-def split_command_line(argv: list[str]) -> tuple[list[str], list[str]]:
-  """The launcher's own arguments, and the command after `--` (empty if none)."""
+def parse_args(p: argparse.ArgumentParser,
+               argv: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
+  """A launcher's options (with the job arguments added), its key=value overrides, and the
+  command after `--` (empty if none)."""
+  add_job_arguments(p)
+  command = []
   if '--' in argv:
     i = argv.index('--')
-    return argv[:i], argv[i + 1:]
-  return argv, []
+    argv, command = argv[:i], argv[i + 1:]
+  args, rest = p.parse_known_args(argv)
+  bad = [a for a in rest if '=' not in a or a.startswith('-')]
+  if bad:
+    raise UserError(f'unexpected argument {bad[0]!r}; overrides are key=value, and a command '
+                    f'goes after --')
+  return args, rest, command
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:

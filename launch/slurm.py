@@ -81,10 +81,11 @@ def sbatch_script(name: str, jobs: list[plan.Job], res: Resources, envi: Environ
   head = [
       '#!/bin/bash',
       f'# {name}: {len(jobs)} run(s) of dlmjax, written by launch/slurm.py; submit with sbatch.',
-      '# Each array task trains one run with the same command as on a workstation; srun starts',
-      f'# it on every node, {"one process per GPU" if res.process_per == "gpu" else "one process per node"}, '
-      'and jax.distributed.initialize() finds its peers',
-      "# from SLURM's variables.",
+      f'# {"Each array task" if array else "The job"} trains one run with the same command as '
+      'on a workstation; srun',
+      f'# starts one process per {res.process_per} on every node, and '
+      'jax.distributed.initialize() finds',
+      "# the others from SLURM's variables.",
       f'#SBATCH --job-name={name}',
       f'#SBATCH --nodes={res.nodes}',
       f'#SBATCH --ntasks-per-node={res.tasks_per_node}',
@@ -139,7 +140,6 @@ def sbatch_script(name: str, jobs: list[plan.Job], res: Resources, envi: Environ
 # Command line.
 
 def parse(argv: list[str]):
-  own, command = plan.split_command_line(argv)
   p = plan.ArgumentParser(prog='python -m launch.slurm', description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--nodes', type=int, default=1, help='nodes per run')
@@ -164,13 +164,7 @@ def parse(argv: list[str]):
                  help='shell line before srun, e.g. "module load cuda" (repeatable)')
   p.add_argument('--name', default='', help='job name (default: generated)')
   p.add_argument('--dry-run', action='store_true', help='print the sbatch script; submit nothing')
-  plan.add_job_arguments(p)
-  args, rest = p.parse_known_args(own)
-  bad = [a for a in rest if '=' not in a or a.startswith('-')]
-  if bad:
-    raise UserError(f'unexpected argument {bad[0]!r}; overrides are key=value, and a command '
-                    f'goes after --')
-  return args, rest, command
+  return plan.parse_args(p, argv)
 
 
 def build(args, overrides: list[str],
@@ -215,8 +209,10 @@ def main(argv: list[str] | None = None, *, run=subprocess.run) -> int:
     name, script, jobs, out = build(args, overrides, command)
     path = posixpath.join(out, 'slurm', f'{name}.sbatch')
     if args.dry_run:
-      print(f'# {path} ({len(jobs)} run(s); submitted with: sbatch --parsable {path})')
+      # The script alone on stdout, so that `--dry-run > job.sbatch` is a script to submit.
       print(script, end='')
+      print(f'# dry run: {len(jobs)} run(s); without --dry-run this is written to {path} and '
+            f'submitted with sbatch --parsable', file=sys.stderr)
       return 0
     if run is subprocess.run and not shutil.which('sbatch'):
       raise UserError('sbatch is not on PATH; run this on a SLURM login node')

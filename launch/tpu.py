@@ -431,7 +431,6 @@ def pack(path: str, job: str) -> int:
 # Command line.
 
 def parse(argv: list[str]):
-  own, command = plan.split_command_line(argv)
   p = plan.ArgumentParser(prog='python -m launch.tpu', description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--zone', required=True, help='e.g. us-east5-a (where the TPU type is offered)')
@@ -465,13 +464,7 @@ def parse(argv: list[str]):
                  help='recreate a lost slice (preemption, failed request) up to N times')
   p.add_argument('--dry-run', action='store_true',
                  help='print every gcloud command and the job script; run nothing')
-  plan.add_job_arguments(p)
-  args, rest = p.parse_known_args(own)
-  bad = [a for a in rest if '=' not in a or a.startswith('-')]
-  if bad:
-    raise UserError(f'unexpected argument {bad[0]!r}; overrides are key=value, and a command '
-                    f'goes after --')
-  return args, rest, command
+  return plan.parse_args(p, argv)
 
 
 def build(args, overrides: list[str], command: list[str]) -> tuple[Slice, str, str, list]:

@@ -340,7 +340,9 @@ def venv(tmp_path):
 
 def slurm_script(capsys, *args) -> str:
   assert slurm.main(['--dry-run', *args]) == 0
-  return capsys.readouterr().out
+  text = capsys.readouterr().out
+  assert text.startswith('#!/bin/bash\n')  # stdout is the script, ready for sbatch
+  return text
 
 
 def test_slurm_dry_run_script_asks_for_the_resources_and_runs_the_local_command(
@@ -383,7 +385,7 @@ def test_slurm_array_task_i_runs_the_ith_run_under_srun(tmp_path, venv, capsys):
                       '--run', 'mdm-*', '--max-parallel', '2', 'train.log_every=7')
   names = [r.name for r in registry.get('crossover-tiny').runs if r.objective == 'mdm']
   assert sbatch_flags(text)['array'] == f'0-{len(names) - 1}%2'
-  recorded = run_batch_script(text.split('\n', 1)[1], tmp_path, 1)
+  recorded = run_batch_script(text, tmp_path, 1)
   assert recorded[0] == '--kill-on-bad-exit=1'
   assert recorded[1:-1] == expected_argv(names[1], out, ('train.log_every=7',))
   assert recorded[-1] == 'ENV 1 unset'  # the venv was activated; JAX's SLURM defaults apply
@@ -394,7 +396,7 @@ def test_slurm_one_process_per_node_gives_it_every_gpu(tmp_path, venv, capsys):
                       '--process-per', 'node', '--gpus-per-node', '4', '--',
                       'python', '-m', 'dlmjax.train', 'configs/tiny.yaml')
   assert sbatch_flags(text)['ntasks-per-node'] == '1'
-  assert run_batch_script(text.split('\n', 1)[1], tmp_path, 0)[-1] == 'ENV 1 0,1,2,3'
+  assert run_batch_script(text, tmp_path, 0)[-1] == 'ENV 1 0,1,2,3'
 
 
 def test_slurm_submit_writes_the_script_and_reports_the_job(tmp_path, venv, capsys):
@@ -461,3 +463,51 @@ def test_slurm_flag_mistakes_are_one_line_and_exit_2(tmp_path, venv, capsys):
       slurm.main([*argv, '--dry-run', '--grid', 'crossover-tiny'])
     assert e.value.code == 2
     assert message in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------------
+# End to end on this machine: a real training through each launcher's host-side scripts.
+
+MICRO = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
+         'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=5000', 'data.epochs=1',
+         'eval.val_tokens=1024', 'eval.num_evals=1', 'eval.batch_size=8', 'eval.mdm_samples=2']
+
+
+@pytest.mark.slow
+def test_tpu_packed_checkout_trains_a_grid_run_through_the_worker_scripts(worker_home, tmp_path):
+  out = tmp_path / 'out'
+  args, overrides, command = tpu.parse([*TPU_ARGS[:4], '--out', str(out), '--name', 'e2e',
+                                        '--grid', 'crossover-tiny', '--run', RUN, *MICRO])
+  _, setup, job, _ = tpu.build(args, overrides, command)
+  home = worker_home.parent
+  tpu.pack(str(home / tpu.ARCHIVE), job)
+  # The worker's setup as written, except the install (no network here): this venv instead.
+  venv = pathlib.Path(sys.executable).parents[1]
+  assert tpu.DEFAULT_INSTALL in setup
+  for script in (setup.replace(tpu.DEFAULT_INSTALL, f'rm -rf .venv && ln -s {venv} .venv'),
+                 tpu.start_script()):
+    assert subprocess.run(['bash', '-c', script], timeout=120).returncode == 0
+  log = on_worker(tpu.tail_script(1))  # follows the job to its end
+  assert on_worker(tpu.status_script()) == '0', log
+  assert (out / 'runs' / RUN / 'result.json').is_file()
+  assert f'{RUN}: exit 0' in log
+  assert list((out / 'launch' / 'e2e').glob('*.log'))
+
+
+@pytest.mark.slow
+def test_slurm_batch_script_trains_a_grid_run_that_grid_status_reads(tmp_path, capsys):
+  out = tmp_path / 'out'
+  text = slurm_script(capsys, '--out', str(out), '--grid', 'crossover-tiny', '--run', RUN,
+                      *MICRO)
+  stub = tmp_path / 'bin'
+  stub.mkdir()
+  # srun on one machine: its own options dropped, the command run once.
+  (stub / 'srun').write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+  (stub / 'srun').chmod(0o755)
+  env = {**os.environ, 'PATH': f'{stub}:{os.environ["PATH"]}', 'SLURM_JOB_NUM_NODES': '1',
+         'SLURM_NTASKS': '1'}
+  proc = subprocess.run(['bash', '-c', text], cwd=tmp_path, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert grid_lib.main(['status', 'crossover-tiny', '--out', str(out), '--only', RUN]) == 0
+  assert '1 runs: 1 done' in capsys.readouterr().out
