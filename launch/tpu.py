@@ -528,6 +528,10 @@ def main(argv: list[str] | None = None, *, shell: Shell = system_shell) -> int:
   with exit_on_user_error():
     args, overrides, command = parse(argv)
     tpu, setup, job, jobs = build(args, overrides, command)
+    if not (args.nfs or args.gcs_bucket):
+      print(f'warning: no --nfs or --gcs-bucket: unless the workers already share {args.out}, '
+            f'each writes to its own disk, which a pod slice cannot train on and which is '
+            f'deleted with the slice (keep a one-host slice with --keep)', file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix='dlmjax-launch-') as tmp:
       archive = posixpath.join(tmp, ARCHIVE)
       if args.dry_run:
