@@ -96,20 +96,20 @@ def test_chain_rule_is_exact_for_exact_conditionals():
   np.testing.assert_allclose(got, TRUTH, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('estimator', ['llada', 'mc_elbo', 'low_discrepancy'])
+@pytest.mark.parametrize('estimator', ['llada', 'llada_ld', 'mc_elbo', 'mc_elbo_ld'])
 def test_sampled_estimator_matches_the_true_log_likelihood_in_expectation(estimator):
   got = scorer(estimator)({}, PAIRS)
   diff = got - TRUTH
   se = diff.std(ddof=1) / math.sqrt(len(diff))
-  # mc_elbo and low_discrepancy integrate t over (eps, 1), eps = 1e-3: a bias of the order
+  # mc_elbo and mc_elbo_ld integrate t over (eps, 1), eps = 1e-3: a bias of the order
   # of eps relative, far below the standard error here.
   assert abs(diff.mean()) < 4 * se, (diff.mean(), se)
   assert se < 0.02 * abs(TRUTH.mean()), (se, TRUTH.mean())
   assert not np.allclose(got, TRUTH, atol=1e-3)  # a real Monte Carlo estimate, not exact
 
 
-def test_low_discrepancy_puts_one_time_in_each_of_the_k_strata_of_a_pair():
-  rows, chunk, _, _, _, weight = packed(PAIRS[:40], 'low_discrepancy')
+def test_mc_elbo_ld_puts_one_time_in_each_of_the_k_strata_of_a_pair():
+  rows, chunk, _, _, _, weight = packed(PAIRS[:40], 'mc_elbo_ld')
   eps = Config().mdm.eps
   u = (1.0 / weight[:len(chunk)] - eps) / (1 - eps)  # linear schedule: weight = 1 / t
   strata = {}
@@ -143,12 +143,25 @@ def packed(pairs, estimator):
   return rows, chunk, batch, np.asarray(masked), np.asarray(scored), np.asarray(weight)
 
 
-@pytest.mark.parametrize('estimator', ['llada', 'mc_elbo', 'low_discrepancy', 'chain_rule'])
+@pytest.mark.parametrize('estimator', ['llada', 'llada_ld', 'mc_elbo', 'mc_elbo_ld', 'chain_rule'])
 def test_only_continuation_tokens_are_ever_masked(estimator):
   _, chunk, batch, masked, scored, _ = packed(PAIRS[:40], estimator)
   assert not (masked & ~batch['is_cont']).any()
   assert not (scored & ~masked).any()
   assert masked[:len(chunk)].any()
+
+
+def test_llada_ld_draws_one_mask_count_per_stratum_of_a_pair():
+  rows, chunk, batch, masked, _, _ = packed(PAIRS[:40], 'llada_ld')
+  counts = {}
+  for b, r in enumerate(chunk):
+    counts.setdefault(rows[r][0], []).append((int(masked[b].sum()), int(batch['is_cont'][b].sum())))
+  for got in counts.values():
+    n = got[0][1]
+    # l_k = 1 + floor(n u_k), with u_k one per stratum [k / 8, (k + 1) / 8): sorted, the k-th
+    # count lies in [1 + floor(n k / 8), 1 + floor(n (k + 1) / 8)].
+    for k, l in enumerate(sorted(l for l, _ in got)):
+      assert 1 + math.floor(n * k / 8) <= l <= 1 + math.floor(n * (k + 1) / 8), (got, k)
 
 
 def test_llada_masks_exactly_l_of_n_tokens_with_weight_n_over_l():

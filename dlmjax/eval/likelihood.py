@@ -12,16 +12,18 @@ continuation ids) pairs, the quantity multiple-choice tasks compare. Each pair i
 `context + continuation`; the context is always visible and only continuation tokens are
 scored (and, for a diffusion model, masked). AR is exact. A diffusion model has four
 estimators, all unbiased for their target with exact conditionals:
-  llada            mask count l ~ U{1..n}, exactly l of the n continuation tokens masked,
-                   weight n / l (LLaDA, arXiv 2502.09992, eq. 6): unbiased for the
-                   any-order NLL, no time cut-off, lowest variance of the sampled ones
-  mc_elbo          t ~ U(eps, 1), each continuation token masked with probability 1 - alpha_t,
-                   weight -alpha'_t / (1 - alpha_t) (1 / t for the linear schedule; SMDM):
-                   the ELBO the model was trained on (cfg.mdm.schedule, cfg.mdm.eps)
-  low_discrepancy  as mc_elbo, but the K times of a pair are stratified, t_k = (u + k) / K
-                   for one uniform u (MDLM's sampler), which lowers the variance
-  chain_rule       left to right, one token at a time: token j scored with tokens < j
-                   visible and tokens >= j masked; deterministic, n passes per pair
+  llada        mask count l ~ U{1..n}, exactly l of the n continuation tokens masked,
+               weight n / l (LLaDA, arXiv 2502.09992, eq. 6): unbiased for the any-order
+               NLL, no time cut-off
+  llada_ld     as llada, with the K counts of a pair stratified, l_k from (u + k) / K for one
+               uniform u (as LLaDA's reference code draws them): lower variance
+  mc_elbo      t ~ U(eps, 1), each continuation token masked with probability 1 - alpha_t,
+               weight -alpha'_t / (1 - alpha_t) (1 / t for the linear schedule; SMDM): the
+               ELBO the model was trained on (cfg.mdm.schedule, cfg.mdm.eps)
+  mc_elbo_ld   as mc_elbo, with the K times of a pair stratified, t_k = eps + (1 - eps)(u + k)
+               / K (low-discrepancy t, MDLM's sampler)
+  chain_rule   left to right, one token at a time: token j scored with tokens < j visible
+               and tokens >= j masked; deterministic, n passes per pair
 K samples are averaged per pair. A pair's samples are keyed by the seed and a hash of its
 continuation's ids, and its masks are drawn relative to where the continuation starts, so a
 pair gets the same estimate in any batch, order or run (the lm-eval adapter and the native
@@ -112,7 +114,7 @@ def evaluate(nll_fn: NllFn, params: Any, batches: list[dict], *, causal: bool,
 # ---------------------------------------------------------------------------------------
 # Scoring continuations: log p(continuation | context).
 
-ESTIMATORS = ('llada', 'mc_elbo', 'low_discrepancy', 'chain_rule')
+ESTIMATORS = ('llada', 'llada_ld', 'mc_elbo', 'mc_elbo_ld', 'chain_rule')
 Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
 
@@ -162,19 +164,20 @@ def dlm_masks(batch: dict, base_key: jax.Array, cfg: Config, *, estimator: str,
     # them all and score the first.
     first_BxL = is_cont_BxL & (jnp.cumsum(is_cont_BxL, axis=1) == 1)
     return is_cont_BxL, first_BxL, jnp.ones(n_B.shape, jnp.float32)
-  if estimator == 'llada':
-    l_B = jnp.clip(1 + jnp.floor(_uniform_B(sample_keys_B, 0) * n_B).astype(jnp.int32), 1, None)
+  if estimator.endswith('_ld'):
+    # One uniform per pair, shifted by k / K for its k-th sample: one draw per stratum.
+    u_B = (_uniform_B(pair_keys_B, 0) + batch['sample'] / num_samples) % 1.0
+  else:
+    u_B = _uniform_B(sample_keys_B, 0)
+  if estimator in ('llada', 'llada_ld'):
+    l_B = jnp.clip(1 + jnp.floor(u_B * n_B).astype(jnp.int32), 1, None)
     # Exactly l of the n continuation tokens: the l smallest of n uniform draws (the other
     # positions draw 2, above every continuation draw).
     draws_BxL = jnp.where(is_cont_BxL, _uniform_BxL(sample_keys_B, 1, start_B, length), 2.0)
     rank_BxL = jnp.argsort(jnp.argsort(draws_BxL, axis=1), axis=1)
     masked_BxL = is_cont_BxL & (rank_BxL < l_B[:, None])
     return masked_BxL, masked_BxL, n_B / l_B
-  if estimator == 'low_discrepancy':
-    u_B = (_uniform_B(pair_keys_B, 0) + batch['sample'] / num_samples) % 1.0
-  elif estimator == 'mc_elbo':
-    u_B = _uniform_B(sample_keys_B, 0)
-  else:
+  if estimator not in ('mc_elbo', 'mc_elbo_ld'):
     raise ValueError(f'unknown estimator {estimator!r}; known: {", ".join(ESTIMATORS)}')
   t_B = cfg.mdm.eps + (1.0 - cfg.mdm.eps) * u_B
   mask_prob_B, weight_B = mdm.schedule(t_B, cfg.mdm.schedule)
