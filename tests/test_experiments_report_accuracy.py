@@ -1,36 +1,14 @@
 """The grid report's downstream-accuracy part on synthetic runs with hand-chosen task metrics."""
 
-import dataclasses
 import json
 import math
 
 import pytest
 
 from experiments import report
+from test_experiments_report import FakeGrid as Grid, FakeSpec
 
 T = 1_000_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-  name: str
-  objective: str
-  model: str
-  unique_tokens: int
-  epochs: float
-  seed: int = 0
-  overrides: tuple = ()
-  tokens: int = T
-  flops: float = 6e12
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-  name: str
-  runs: tuple
-  description: str = 'synthetic'
-  hardware: str = 'cpu'
-  configs: tuple = ()
 
 
 def task(acc, delta=1.0, items=400):
@@ -60,7 +38,7 @@ def make_run(out, objective, u, curve):
             'val_bits_per_byte': curve[-1][1], 'best_val_bits_per_byte': best['val_bits_per_byte'],
             'best_step': best['step'], 'seed': 0, 'tasks': records[-1].get('tasks', {})}
   (rd / 'result.json').write_text(json.dumps(result))
-  return Spec(name, objective, 'tiny', u, epochs)
+  return FakeSpec(name, objective, 'tiny', u, epochs, seed=0, tokens=T, flops=6e12)
 
 
 @pytest.fixture

@@ -212,10 +212,13 @@ def test_task_accuracy_is_logged_at_every_second_eval_and_the_last_and_in_the_re
   assert result['tasks']['code_cloze'] == cloze
 
 
-def test_eval_command_scores_tasks_and_appends_them(mdm_run):
+def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
+  import shutil
+
   from dlmjax.eval.__main__ import evaluate_run
 
-  run_dir, result = mdm_run
+  run_dir, result = tmp_path / 'mdm', mdm_run[1]
+  shutil.copytree(mdm_run[0], run_dir)  # the notebook test reads the fixture's eval.jsonl
   fixture = ROOT / 'tests' / 'fixtures' / 'piqa' / 'valid.jsonl'
   rec = evaluate_run(str(run_dir), [f'tasks=code_cloze,piqa:{fixture}', 'eval.task_items=4',
                                     'eval.task_estimator=chain_rule'])

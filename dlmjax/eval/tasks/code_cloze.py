@@ -13,9 +13,9 @@ text before three other lines of the same indentation. Each choice is scored as
 log p(line | that context): the same continuation under every choice, the partial scoring
 lm-eval uses for WinoGrande. Why not "which of four lines follows this context": there the
 choices are different lines, and for the CPU study's models (0.6M parameters, 2.9-4.5
-bits/byte) how likely a line is by itself swamps how well it fits the context; measured on
-two trained tiny AR runs, that form stays at chance (23.3% with 567 items) while this one
-reaches 28-39%. Here the line's own probability is common to all choices and cancels, so
+bits/byte) how likely a line is by itself swamps how well it fits the context: on a
+trained tiny AR run (U = 250K, 8 epochs) that form scored 23.3% (567 items), at chance,
+while this one scores 33.5% (600 items, 4.4 standard errors above chance). Here the line's own probability is common to all choices and cancels, so
 the log-likelihood decision is the Bayes decision, and `delta_nll` (NLL of the line under
 the other contexts minus under its own) measures how much the model uses the context.
 
