@@ -69,6 +69,7 @@ from dlmjax.errors import ConfigError, UserError, exit_on_user_error
 
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this many tokens
 NEVER_GENERATED = (PAD_ID, BOS_ID, MASK_ID)
+_DLM_ONLY = {'steps': 0, 'block_length': 0, 'remasking': 'low_confidence'}
 
 
 def _option(default, help_text: str):
@@ -375,7 +376,9 @@ def _compiled(kind: str, args: tuple, static: dict) -> tuple[typing.Any, float]:
 
 def left_pad(prompts: Sequence[Sequence[int]], bucket: int = PROMPT_BUCKET):
   """(int32 BxP tokens, int32 BxP segment ids): prompts right-aligned, PAD / 0 before."""
-  if not prompts or any(len(x) == 0 for x in prompts):
+  if not prompts:
+    raise UserError('no prompts given')
+  if any(len(x) == 0 for x in prompts):
     raise UserError('every prompt needs at least one token (start it with BOS)')
   p = -(-max(len(x) for x in prompts) // bucket) * bucket
   tokens_BxP = np.full((len(prompts), p), PAD_ID, np.int32)
@@ -423,7 +426,12 @@ def sample(source, prompts: Sequence[Sequence[int]], options: SampleOptions | No
   if causal is None:
     raise ValueError('sample(module, ...) needs causal=True (AR) or causal=False (DLM)')
   graphdef, state = nnx.split(model)
-  static = dict(graphdef=graphdef, opts=dataclasses.replace(opts, seed=0, batch_size=1),
+  # The seed is an argument and batching happens out here; options the other sampler reads
+  # are reset and defaults spelled out, so equal settings share one compilation.
+  canonical = (_DLM_ONLY if causal else
+               {'kv_cache': True, 'steps': opts.num_steps, 'block_length': opts.block})
+  static = dict(graphdef=graphdef,
+                opts=dataclasses.replace(opts, seed=0, batch_size=1, **canonical),
                 vocab_size=vocab_size, stream=on_step is not None)
   if not causal:
     static['history'] = history
@@ -452,8 +460,8 @@ def sample(source, prompts: Sequence[Sequence[int]], options: SampleOptions | No
     history_NxBxG = np.where(written_NxG[:, None, :], tokens_BxG[None], PAD_ID).astype(np.int32)
   elif history:
     history_NxBxG = np.concatenate(hist, axis=1)
-  return Generation(_ids_per_row(tokens_BxG, opts.stop_at_eos), tokens_BxG, history_NxBxG, causal, seconds,
-                    compile_s)
+  return Generation(_ids_per_row(tokens_BxG, opts.stop_at_eos), tokens_BxG, history_NxBxG,
+                    causal, seconds, compile_s)
 
 
 def generate(run, prompts: Sequence[Sequence[int]], options: SampleOptions | None = None,

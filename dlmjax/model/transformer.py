@@ -164,7 +164,8 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, *, causal: bool,
                dropout_rng: jax.Array | None = None,
-               cache: attention.LayerCache | None = None) -> jax.Array:
+               cache: attention.LayerCache | None = None
+               ) -> jax.Array | tuple[jax.Array, attention.LayerCache]:
     """x BxLxD -> BxLxD; with `cache`, (x, the cache with this call's keys and values)."""
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
@@ -225,7 +226,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
                positions_BxL: jax.Array, *, causal: bool,
                dropout_rng: jax.Array | None = None,
-               cache: KVCache | None = None) -> jax.Array:
+               cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
     """float32 logits BxLxV; dropout (rates in the config) only when `dropout_rng` is given.
 
     With `cache` (generation): returns (logits, cache); the L tokens are written at the
