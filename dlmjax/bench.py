@@ -8,6 +8,9 @@ Measures, in one run on whatever machine it runs on:
   data_tokens_per_s      the input pipeline alone (store -> budget -> epochs -> packed batches)
   eval_items_per_s_*     multiple-choice scoring: code-cloze items (4 choices each) per second,
                          exact for ar, the eval.task_estimator with eval.task_samples for mdm
+  sample_*_tokens_per_s  generation (dlmjax/sample.py) with the config's model shape, random
+                         weights, 8 prompts of 32 tokens, 128 new tokens each: AR with and
+                         without the KV cache, the DLM at 128 and at 32 denoising steps
 The train step is fed real packed batches of the embedded corpus; times are medians over
 repeats after compilation and a warm-up.
 """
@@ -21,10 +24,12 @@ import statistics
 import time
 
 import jax
+import numpy as np
 
 from dlmjax import config as config_lib
 from dlmjax import flops, sharding
 from dlmjax.data import budget, pipeline, store as store_lib
+from dlmjax.data.tokenizer import BOS_ID
 from dlmjax.errors import exit_on_user_error
 from dlmjax.rundir import write_json_atomic
 
@@ -104,6 +109,27 @@ def bench_eval(cfg, causal: bool, num_items: int = 128, repeats: int = 3) -> flo
   return len(items) / statistics.median(times)
 
 
+def bench_sample(cfg, batch: int = 8, prompt_len: int = 32, new_tokens: int = 128,
+                 repeats: int = 3) -> dict[str, float]:
+  """Generated tokens/s of each sampler, median over repeats (compilation excluded)."""
+  from dlmjax import sample
+  from dlmjax.train import build_model
+
+  model = build_model(cfg)
+  prompts = np.random.default_rng(0).integers(4, cfg.model.vocab_size, (batch, prompt_len))
+  prompts = [[BOS_ID] + p.tolist()[1:] for p in prompts]
+  runs = {'sample_ar_tokens_per_s': dict(causal=True),
+          'sample_ar_nocache_tokens_per_s': dict(causal=True, kv_cache=False),
+          f'sample_dlm_{new_tokens}_steps_tokens_per_s': dict(causal=False),
+          'sample_dlm_32_steps_tokens_per_s': dict(causal=False, steps=32)}
+  out = {}
+  for name, kwargs in runs.items():
+    seconds = [sample.sample(model, prompts, max_new_tokens=new_tokens, stop_at_eos=False,
+                             history=False, **kwargs).seconds for _ in range(repeats)]
+    out[name] = batch * new_tokens / statistics.median(seconds)
+  return out
+
+
 def run(cfg) -> dict:
   data = _data(cfg)
   it = data.iterator()
@@ -138,6 +164,7 @@ def run(cfg) -> dict:
       'eval_items_per_s_mdm': bench_eval(cfg, causal=False),
       'eval_task_estimator': cfg.eval.task_estimator,
       'eval_task_samples': cfg.eval.task_samples,
+      **bench_sample(cfg),
   }
 
 
@@ -165,9 +192,9 @@ def main(argv: list[str] | None = None) -> None:
       if target:
         ok = value >= target[1] if target[0] == '>=' else value <= target[1]
         mark = f'   (target {target[0]} {target[1]}: {"met" if ok else "NOT met"})'
-      print(f'{key:26s} {value:,.4g}{mark}')
+      print(f'{key:34s} {value:,.4g}{mark}')
     elif not isinstance(value, dict):
-      print(f'{key:26s} {value}')
+      print(f'{key:34s} {value}')
   if args.json:
     write_json_atomic(pathlib.Path(args.json), res)
     print(f'wrote {args.json}')
