@@ -88,3 +88,14 @@ def test_rolling_loglikelihood_is_the_exact_nll_for_ar_and_covers_long_texts(run
   if run.causal:  # one window: log p(text | BOS), exactly
     assert got_short == pytest.approx(-run.nll(np.array([[BOS_ID] + ids]))[0], rel=1e-5)
   assert np.isfinite(got_long) and got_long < 6 * got_short < 0
+
+
+def test_generate_until_returns_text_cut_at_the_stop_string(run):
+  from lm_eval.api.instance import Instance
+
+  lm = DlmjaxLM(run=run)
+  reqs = [Instance('generate_until', {}, ('def f(x):\n', {'until': ['\n\n'], 'max_gen_toks': 16}), 0),
+          Instance('generate_until', {}, ('import os\n', {'until': ['zzz'], 'max_gen_toks': 8}), 1)]
+  a, b = lm.generate_until(reqs)
+  assert isinstance(a, str) and '\n\n' not in a
+  assert isinstance(b, str) and len(b) <= 8

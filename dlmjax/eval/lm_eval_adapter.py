@@ -18,7 +18,8 @@ requests. A request longer than the run's window is cut from the left, as lm-eva
 `is_greedy`: for AR, greedy decoding yields the continuation; for a diffusion model, with
 the continuation fully masked, every token is its position's argmax.
 `loglikelihood_rolling` scores lm-eval's disjoint rolling windows (AR exact, diffusion the
-estimator's bound). `generate_until` uses `dlmjax.sample`.
+estimator's bound). `generate_until` generates with `dlmjax.sample.generate` (AR: KV cache;
+diffusion: iterative unmasking with as many steps as answer tokens).
 
 Needs the `[eval]` extra (lm-eval, torch CPU): `make test-eval` installs it.
 """
@@ -97,12 +98,34 @@ class DlmjaxLM(LM):
     return totals
 
   def generate_until(self, requests) -> list[str]:
-    try:
-      from dlmjax import sample  # noqa: F401  (generation lives there)
-    except ImportError:
-      raise NotImplementedError('generate_until needs dlmjax.sample (generation), which this '
-                                'checkout does not have') from None
-    raise NotImplementedError('generate_until is not wired to dlmjax.sample yet')
+    """Greedy (or gen_kwargs' temperature) generation with `dlmjax.sample`, cut at the first
+    stop string. `max_gen_toks` (default 256, at most half the window) is an AR run's limit
+    and a diffusion run's answer length; the prompt keeps its last window - max_gen_toks
+    tokens."""
+    from lm_eval.models.utils import handle_stop_sequences
+
+    from dlmjax import sample
+
+    tok = self.run.tokenizer
+    out: list[str | None] = [None] * len(requests)
+    groups: dict[tuple[int, float], list[int]] = {}
+    for i, req in enumerate(requests):
+      kwargs = req.args[1] if len(req.args) > 1 else {}
+      new = min(int(kwargs.get('max_gen_toks', 256)), self.max_length // 2)
+      temperature = float(kwargs.get('temperature', 0.0) or 0.0)
+      groups.setdefault((new, temperature), []).append(i)
+    for (new, temperature), members in groups.items():
+      prompts = [([BOS_ID] + tok.encode(requests[i].args[0]))[-(self.max_length - new):]
+                 for i in members]
+      ids = sample.generate(self.run, prompts, max_new_tokens=new, temperature=temperature)
+      for i, gen in zip(members, ids):
+        kwargs = requests[i].args[1] if len(requests[i].args) > 1 else {}
+        text = tok.decode(gen)
+        for stop in handle_stop_sequences(kwargs.get('until'), None):
+          if stop and stop in text:
+            text = text[:text.index(stop)]
+        out[i] = text
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
