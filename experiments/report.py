@@ -551,7 +551,8 @@ def write_report(grid, out_dir) -> dict:
   # JSON keys must be strings; budgets key nothing, so only model labels need it.
   summary['crossover'] = {str(k): v for k, v in cross.items()}
   summary['scaling_fit'] = {str(k): v for k, v in fits.items()}
-  summary['runs'] = [dict(s, tasks=r['tasks']) for s, r in zip(summary['runs'], rows)]
+  summary['runs'] = [dict(s, tasks=r['tasks']) if r['tasks'] else s
+                     for s, r in zip(summary['runs'], rows)]
   summary['accuracy'] = accuracy_summary(rows)
   write_json_atomic(out / 'summary.json', summary)
   write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots))
