@@ -4,7 +4,7 @@
 
 Legend: B batch, L length, Lp L padded to a multiple of the blocks, H query heads, K key/value
 heads, G = H // K, Dh head dim, Dp Dh padded to a power of two >= 16 (Triton's matmul minimum),
-Nq / Nk / N numbers of query / key / backward blocks, Bq / Bk / Bb their sizes.
+Bq / Bk / Bb the forward query, forward key and backward block sizes.
 
 Written from the FlashAttention-2 algorithm and the structure of
 `jax.experimental.pallas.ops.gpu.attention` (forward: one program per query block and head,
@@ -33,32 +33,12 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from dlmjax.kernels import blocks
+
 # A finite "minus infinity": a fully masked tile then gives exp2(0) = 1 instead of NaN, and
 # the online softmax's correction factor exp2(MASK - real max) = 0 erases it later.
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
 _LOG2E = math.log2(math.e)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-  """Tile sizes (powers of two >= 16) and Triton launch parameters.
-
-  Defaults follow the FlashAttention-2 Triton kernels for head dims 64-128 on A100/H100;
-  tune them with `python -m dlmjax.bench` on the target GPU.
-  """
-
-  q: int = 128  # forward: queries per program
-  kv: int = 64  # forward: keys per loop step
-  bwd: int = 64  # backward: queries and keys per block
-  warps_fwd: int = 4
-  warps_bwd: int = 4
-  stages: int = 2
-
-  def fit(self, length: int) -> 'BlockSizes':
-    """The same sizes, shrunk for a short sequence so padding stays under a block."""
-    cap = max(16, pl.next_power_of_2(length))
-    return dataclasses.replace(self, q=min(self.q, cap), kv=min(self.kv, cap),
-                               bwd=min(self.bwd, cap))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +47,13 @@ class _Call:
 
   causal: bool
   scale: float  # log2(e) / sqrt(Dh): scores are kept in base 2
-  sizes: BlockSizes
+  sizes: blocks.BlockSizes
   interpret: bool
 
 
 def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
            segment_ids_BxL: jax.Array, *, causal: bool, dropout_rate: float = 0.0,
-           dropout_rng: jax.Array | None = None, block_sizes: BlockSizes | None = None,
+           dropout_rng: jax.Array | None = None, block_sizes: blocks.BlockSizes | None = None,
            interpret: bool | None = None) -> jax.Array:
   """Softmax attention within segments, BxLxHxDh in q's dtype (see `dlmjax.model.attention`).
 
@@ -82,62 +62,15 @@ def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
   if dropout_rate > 0.0 and dropout_rng is not None:
     raise NotImplementedError('the pallas attention backend has no attention dropout; '
                               'use model.attention=xla')
-  b, length, h, dh = q_BxLxHxDh.shape
-  sizes = (block_sizes or BlockSizes()).fit(length)
+  _, length, _, dh = q_BxLxHxDh.shape
+  sizes = (block_sizes or blocks.BlockSizes()).fit(length)
   if interpret is None:
     interpret = jax.default_backend() == 'cpu'
   call = _Call(causal=causal, scale=_LOG2E / math.sqrt(dh), sizes=sizes, interpret=interpret)
-  lp = -(-length // max(sizes.q, sizes.kv, sizes.bwd)) * max(sizes.q, sizes.kv, sizes.bwd)
-  dp = max(16, pl.next_power_of_2(dh))
-
-  def pad(x):
-    return jnp.pad(x, ((0, 0), (0, lp - length), (0, 0), (0, dp - dh)))
-
-  seg_BxLp = jnp.pad(segment_ids_BxL.astype(jnp.int32), ((0, 0), (0, lp - length)))
-  o = _flash(pad(q_BxLxHxDh), pad(k_BxLxKxDh), pad(v_BxLxKxDh), seg_BxLp, call)
+  lp, dp = blocks.padded_sizes(length, dh, sizes.largest)
+  o = _flash(blocks.pad(q_BxLxHxDh, lp, dp), blocks.pad(k_BxLxKxDh, lp, dp),
+             blocks.pad(v_BxLxKxDh, lp, dp), blocks.pad_segments(segment_ids_BxL, lp), call)
   return o[:, :length, :, :dh]
-
-
-# ---------------------------------------------------------------------------------------------
-# Which blocks can interact: computed once per call from the segment ids (cheap: B x Nq x Nk).
-
-def block_overlap(segment_ids_BxL: jax.Array, bq: int, bk: int, causal: bool) -> jax.Array:
-  """bool BxNqxNk: may some query of block i attend to some key of block j.
-
-  True when the blocks' ranges of non-padding segment ids overlap (necessary for sharing a
-  segment, whatever the order of the ids) and, if causal, key block j starts no later than
-  query block i ends.
-  """
-  b, lp = segment_ids_BxL.shape
-  big = jnp.iinfo(jnp.int32).max
-
-  def bounds(n):
-    s_BxNxBn = segment_ids_BxL.reshape(b, lp // n, n)
-    return jnp.where(s_BxNxBn == 0, big, s_BxNxBn).min(-1), s_BxNxBn.max(-1)
-
-  qmin_BxNq, qmax_BxNq = bounds(bq)
-  kmin_BxNk, kmax_BxNk = bounds(bk)
-  ov_BxNqxNk = ((qmin_BxNq[:, :, None] <= kmax_BxNk[:, None, :])
-                & (kmin_BxNk[:, None, :] <= qmax_BxNq[:, :, None]))
-  if causal:
-    first_key_Nk = jnp.arange(lp // bk) * bk
-    last_query_Nq = jnp.arange(lp // bq) * bq + bq - 1
-    ov_BxNqxNk &= (first_key_Nk[None, :] <= last_query_Nq[:, None])[None]
-  return ov_BxNqxNk
-
-
-def _hull(ov_BxNxM: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """int32 BxN first and one-past-last index of True along the last axis (0, 0 if none).
-
-  The kernels loop over this contiguous range; blocks inside it that do not overlap are
-  masked like any other. With the pipeline's increasing segment ids the range is exact.
-  """
-  m = ov_BxNxM.shape[-1]
-  any_BxN = ov_BxNxM.any(-1)
-  lo_BxN = jnp.argmax(ov_BxNxM, -1)
-  hi_BxN = m - jnp.argmax(ov_BxNxM[..., ::-1], -1)
-  return (jnp.where(any_BxN, lo_BxN, 0).astype(jnp.int32),
-          jnp.where(any_BxN, hi_BxN, 0).astype(jnp.int32))
 
 
 def _tile_mask(seg_q_Bq, seg_k_Bk, q_start, k_start, causal: bool) -> jax.Array:
@@ -191,7 +124,7 @@ def _forward(q, k, v, seg, call: _Call):
   kv_heads = k.shape[2]
   g = h // kv_heads
   bq, bk = call.sizes.q, call.sizes.kv
-  lo, hi = _hull(block_overlap(seg, bq, bk, call.causal))
+  lo, hi = blocks.hull(blocks.block_overlap(seg, bq, bk, call.causal))
   o, lse = pl.pallas_call(
       functools.partial(_fwd_kernel, call=call),
       grid=(lp // bq, b, h),
@@ -287,12 +220,10 @@ def _backward(q, k, v, seg, o, lse, do, call: _Call):
   kv_heads = k.shape[2]
   g = h // kv_heads
   bb = call.sizes.bwd
-  # Padding queries have no output, so no gradient flows through them whatever `do` holds.
-  do = jnp.where((seg != 0)[:, :, None, None], do, jnp.zeros((), do.dtype))
-  delta_BxHxLp = jnp.einsum('blhd,blhd->bhl', o.astype(jnp.float32), do.astype(jnp.float32))
-  ov_BxNxN = block_overlap(seg, bb, bb, call.causal)
-  klo, khi = _hull(ov_BxNxN)  # key blocks for each query block (dq)
-  qlo, qhi = _hull(ov_BxNxN.transpose(0, 2, 1))  # query blocks for each key block (dk, dv)
+  do, delta_BxHxLp = blocks.backward_inputs(seg, o, do)
+  ov_BxNxN = blocks.block_overlap(seg, bb, bb, call.causal)
+  klo, khi = blocks.hull(ov_BxNxN)  # key blocks for each query block (dq)
+  qlo, qhi = blocks.hull(ov_BxNxN.transpose(0, 2, 1))  # query blocks for each key block (dk, dv)
   ranges = [pl.BlockSpec((None, 1), lambda r, n, j: (r, j))] * 4
   dq, dk, dv = pl.pallas_call(
       functools.partial(_bwd_kernel, call=call, groups=g),

@@ -33,10 +33,10 @@ _LANES = 128  # TPU vector lane width: splash blocks are multiples of it
 _MAX_BLOCK = 512  # MaxText's default splash block sizes for v4/v5 TPUs
 
 
-def _block(length: int) -> tuple[int, int]:
-  """(block, padded length): blocks of up to 512, a multiple of 128 that divides Lp."""
+def _block(length: int, max_block: int = _MAX_BLOCK) -> tuple[int, int]:
+  """(block, padded length): blocks of up to `max_block`, a multiple of 128 that divides Lp."""
   lp = -(-length // _LANES) * _LANES
-  block = min(_MAX_BLOCK, lp)
+  block = min(max_block, lp)
   return block, -(-lp // block) * block
 
 
@@ -52,9 +52,10 @@ def _kernel(heads: int, lp: int, block: int, causal: bool, interpret: bool):
                                 interpret=pltpu.InterpretParams() if interpret else False)
 
 
-def _attend_shard(q_BsxHxLpxDh, k_BsxKxLpxDh, v_BsxKxLpxDh, seg_BsxLp, *, causal, interpret):
+def _attend_shard(q_BsxHxLpxDh, k_BsxKxLpxDh, v_BsxKxLpxDh, seg_BsxLp, *, causal, block,
+                  interpret):
   _, h, lp, _ = q_BsxHxLpxDh.shape
-  kernel = _kernel(h, lp, _block(lp)[0], causal, interpret)
+  kernel = _kernel(h, lp, block, causal, interpret)
   rows = (q_BsxHxLpxDh, k_BsxKxLpxDh, v_BsxKxLpxDh, splash.SegmentIds(q=seg_BsxLp, kv=seg_BsxLp))
   if interpret:
     # TPU interpret mode (jax 0.10) cannot run a vmapped kernel: the extra grid axis has no
@@ -75,18 +76,20 @@ def _mesh_specs(mesh, q_shape, k_shape):
 
 def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
            segment_ids_BxL: jax.Array, *, causal: bool, dropout_rate: float = 0.0,
-           dropout_rng: jax.Array | None = None, interpret: bool | None = None) -> jax.Array:
+           dropout_rng: jax.Array | None = None, max_block: int = _MAX_BLOCK,
+           interpret: bool | None = None) -> jax.Array:
   """Softmax attention within segments, BxLxHxDh in q's dtype (see `dlmjax.model.attention`).
 
-  `interpret=None` runs the kernels in TPU interpret mode on a CPU and compiled elsewhere.
+  `max_block` caps the splash block sizes (a multiple of 128). `interpret=None` runs the
+  kernels in TPU interpret mode on a CPU and compiled elsewhere.
   """
   if dropout_rate > 0.0 and dropout_rng is not None:
     raise NotImplementedError('the splash attention backend has no attention dropout; '
                               'use model.attention=xla')
   if interpret is None:
     interpret = jax.default_backend() == 'cpu'
-  b, length, h, dh = q_BxLxHxDh.shape
-  _, lp = _block(length)
+  _, length, _, dh = q_BxLxHxDh.shape
+  block, lp = _block(length, max_block)
 
   def head_major(x_BxLxNxDh):
     return jnp.pad(x_BxLxNxDh, ((0, 0), (0, lp - length), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
@@ -95,7 +98,7 @@ def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
   q_BxHxLpxDh = head_major(q_BxLxHxDh * jnp.asarray(dh ** -0.5, q_BxLxHxDh.dtype))
   k_BxKxLpxDh, v_BxKxLpxDh = head_major(k_BxLxKxDh), head_major(v_BxLxKxDh)
   seg_BxLp = jnp.pad(segment_ids_BxL.astype(jnp.int32), ((0, 0), (0, lp - length)))
-  run = functools.partial(_attend_shard, causal=causal, interpret=interpret)
+  run = functools.partial(_attend_shard, causal=causal, block=block, interpret=interpret)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     q_spec, k_spec, seg_spec = _mesh_specs(mesh, q_BxHxLpxDh.shape, k_BxKxLpxDh.shape)
