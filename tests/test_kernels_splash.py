@@ -43,6 +43,9 @@ def test_splash_matches_xla_forward_and_gradients_on_packed_gqa_rows_float32(cau
     np.testing.assert_allclose(g, r, atol=2e-5, rtol=2e-5)
   pad = np.asarray(seg) == 0
   assert pad.any() and np.all(got[0][pad] == 0) and np.all(got[1][pad] == 0)
+  # The kernel (cached per shape) is reused by another traced function without leaking.
+  out = jax.jit(lambda q, k, v: splash(q, k, v, seg, causal=causal))(q, k, v)
+  np.testing.assert_allclose(np.asarray(out), got[0], atol=2e-5, rtol=2e-5)
 
 
 def test_splash_matches_xla_in_bfloat16():

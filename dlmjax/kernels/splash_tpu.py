@@ -48,8 +48,11 @@ def _kernel(heads: int, lp: int, block: int, causal: bool, interpret: bool):
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                             use_fused_bwd_kernel=True)
-  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                interpret=pltpu.InterpretParams() if interpret else False)
+  # The kernel holds its mask tables as arrays: made concrete here, so that a kernel cached
+  # while one step was being traced is not a leaked tracer in the next.
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                  interpret=pltpu.InterpretParams() if interpret else False)
 
 
 def _attend_shard(q_BsxHxLpxDh, k_BsxKxLpxDh, v_BsxKxLpxDh, seg_BsxLp, *, causal, block,
