@@ -25,9 +25,14 @@ class BlockSizes:
   q: int = 128  # forward: queries per program
   kv: int = 64  # forward: keys per loop step
   bwd: int = 64  # backward: queries and keys per block
-  warps_fwd: int = 4
-  warps_bwd: int = 4
+  warps_fwd: int | None = None  # None: 4 for head dims <= 64, else 8
+  warps_bwd: int | None = None  # None: 4 for head dims <= 64, else 8
   stages: int = 2
+
+  def warps(self, head_dim_padded: int, backward: bool) -> int:
+    """Warps per program: 8 where a head dim of 128 makes the accumulators too big for 4."""
+    chosen = self.warps_bwd if backward else self.warps_fwd
+    return chosen or (4 if head_dim_padded <= 64 else 8)
 
   def fit(self, length: int) -> 'BlockSizes':
     """The same sizes, shrunk for a short sequence so padding stays under a block."""

@@ -49,7 +49,7 @@ def _forward(q, k, v, seg, call: _Call):
   out = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp), jnp.float32)]
   o, lse = jt.triton_call(
       lo, hi, seg, q, k, v, kernel=flash_fwd, grid=(lp // bq, h, b), name='dlmjax_triton_fwd',
-      num_warps=call.sizes.warps_fwd, num_stages=call.sizes.stages,
+      num_warps=call.sizes.warps(dp, backward=False), num_stages=call.sizes.stages,
       SCALE=_LOG2E / math.sqrt(call.head_dim), CAUSAL=call.causal, L=lp, H=h, K=kv_heads, D=dp,
       BQ=bq, BK=bk, **{_OUT: out})
   return o, lse
@@ -67,9 +67,10 @@ def _backward(q, k, v, seg, o, lse, do, call: _Call):
   out = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
   return jt.triton_call(
       qlo, qhi, klo, khi, seg, q, k, v, do, lse, delta_BxHxLp, kernel=flash_bwd,
-      grid=(lp // bb, kv_heads, b), name='dlmjax_triton_bwd', num_warps=call.sizes.warps_bwd,
-      num_stages=call.sizes.stages, SCALE=scale, DS_SCALE=1.0 / math.sqrt(call.head_dim),
-      CAUSAL=call.causal, L=lp, H=h, K=kv_heads, D=dp, BB=bb, **{_OUT: out})
+      grid=(lp // bb, kv_heads, b), name='dlmjax_triton_bwd',
+      num_warps=call.sizes.warps(dp, backward=True), num_stages=call.sizes.stages, SCALE=scale,
+      DS_SCALE=1.0 / math.sqrt(call.head_dim), CAUSAL=call.causal, L=lp, H=h, K=kv_heads, D=dp,
+      BB=bb, **{_OUT: out})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
