@@ -390,7 +390,7 @@ def validate(cfg: Config) -> None:
   _one_of(m.dtype, 'model.dtype', DTYPES)
   _one_of(m.param_dtype, 'model.param_dtype', DTYPES)
   _one_of(m.attention, 'model.attention', attention.BACKENDS)
-  _check(m.attention != 'cudnn' or m.dtype in ('bfloat16', 'float16'), 'model.attention',
+  _check(m.attention != 'cudnn' or m.dtype == 'bfloat16', 'model.attention',
          f'cudnn attention needs model.dtype=bfloat16, not {m.dtype}')
   _check(m.attn_dropout == 0.0 or m.attention in ('auto', 'xla'), 'model.attn_dropout',
          f'attention dropout needs model.attention=xla (or auto); {m.attention} has none')

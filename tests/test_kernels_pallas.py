@@ -17,6 +17,7 @@ from jax import export
 
 from dlmjax.kernels import blocks, pallas_gpu
 from dlmjax.model import attention
+from fakes import xla_output_and_grads as reference
 
 # Blocks of 16 make a length of 45 span 3 blocks (padded to 48): the loops, the block skipping
 # and the padding inside the backend are all exercised at interpret-mode cost.
@@ -25,11 +26,6 @@ SMALL = blocks.BlockSizes(q=16, kv=16, bwd=16)
 
 def pallas(q, k, v, seg, **kw):
   return pallas_gpu.attend(q, k, v, seg, block_sizes=SMALL, interpret=True, **kw)
-
-
-def reference(q, k, v, seg, w, causal):
-  f32 = (x.astype(jnp.float32) for x in (q, k, v))
-  return attention.output_and_grads(attention._attend_xla, *f32, seg, w, causal)
 
 
 @pytest.mark.parametrize('causal', [True, False])

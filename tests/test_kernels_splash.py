@@ -23,16 +23,12 @@ from jax import export
 
 from dlmjax.kernels import splash_tpu
 from dlmjax.model import attention
+from fakes import xla_output_and_grads as reference
 
 
 def splash(q, k, v, seg, **kw):
   # Blocks of 128: a length of 200 pads to 256 and spans 2 blocks.
   return splash_tpu.attend(q, k, v, seg, max_block=128, interpret=True, **kw)
-
-
-def reference(q, k, v, seg, w, causal):
-  f32 = (x.astype(jnp.float32) for x in (q, k, v))
-  return attention.output_and_grads(attention._attend_xla, *f32, seg, w, causal)
 
 
 @pytest.mark.parametrize('causal', [True, False])
@@ -67,6 +63,7 @@ jax.config.update('jax_num_cpu_devices', 4)
 from dlmjax import config, sharding
 from dlmjax.kernels import splash_tpu
 from dlmjax.model import attention
+from fakes import xla_output_and_grads as reference
 kv_heads, groups, dh = int(sys.argv[1]), int(sys.argv[2]), 16
 
 local_heads = []

@@ -9,6 +9,8 @@ Nq / Nk numbers of query / key blocks.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +119,36 @@ def backward_inputs(seg_BxLp: jax.Array, o_BxLpxHxDp: jax.Array, do_BxLpxHxDp: j
   delta_BxHxLp = jnp.einsum('blhd,blhd->bhl', o_BxLpxHxDp.astype(jnp.float32),
                             do.astype(jnp.float32))
   return do, delta_BxHxLp
+
+
+def differentiable(forward: Callable, backward: Callable) -> Callable:
+  """`flash(q, k, v, seg, call) -> o` with a custom VJP from a kernel pair on padded inputs.
+
+  forward(q, k, v, seg, call) -> (o, lse); backward(q, k, v, seg, o, lse, do, call) ->
+  (dq, dk, dv). `call` holds the static arguments (hashable).
+  """
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+  def flash(q, k, v, seg, call):
+    return forward(q, k, v, seg, call)[0]
+
+  def flash_fwd(q, k, v, seg, call):
+    o, lse = forward(q, k, v, seg, call)
+    return o, (q, k, v, seg, o, lse)
+
+  def flash_bwd(call, res, do):
+    q, k, v, seg, o, lse = res
+    return (*backward(q, k, v, seg, o, lse, do, call), None)  # no cotangent for segment ids
+
+  flash.defvjp(flash_fwd, flash_bwd)
+  return flash
+
+
+def attend_padded(flash: Callable, call: Any, sizes: BlockSizes, q_BxLxHxDh: jax.Array,
+                  k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
+                  segment_ids_BxL: jax.Array) -> jax.Array:
+  """Pads to whole blocks and a power-of-two head dim, runs `flash`, slices the result back."""
+  _, length, _, dh = q_BxLxHxDh.shape
+  lp, dp = padded_sizes(length, dh, sizes.largest)
+  o = flash(pad(q_BxLxHxDh, lp, dp), pad(k_BxLxKxDh, lp, dp), pad(v_BxLxKxDh, lp, dp),
+            pad_segments(segment_ids_BxL, lp), call)
+  return o[:, :length, :, :dh]

@@ -67,10 +67,8 @@ def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
   if interpret is None:
     interpret = jax.default_backend() == 'cpu'
   call = _Call(causal=causal, scale=_LOG2E / math.sqrt(dh), sizes=sizes, interpret=interpret)
-  lp, dp = blocks.padded_sizes(length, dh, sizes.largest)
-  o = _flash(blocks.pad(q_BxLxHxDh, lp, dp), blocks.pad(k_BxLxKxDh, lp, dp),
-             blocks.pad(v_BxLxKxDh, lp, dp), blocks.pad_segments(segment_ids_BxL, lp), call)
-  return o[:, :length, :, :dh]
+  return blocks.attend_padded(_flash, call, sizes, q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh,
+                              segment_ids_BxL)
 
 
 def _tile_mask(seg_q_Bq, seg_k_Bk, q_start, k_start, causal: bool) -> jax.Array:
@@ -252,20 +250,4 @@ def _backward(q, k, v, seg, o, lse, do, call: _Call):
   return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash(q_BxLpxHxDp, k_BxLpxKxDp, v_BxLpxKxDp, seg_BxLp, call: _Call):
-  return _forward(q_BxLpxHxDp, k_BxLpxKxDp, v_BxLpxKxDp, seg_BxLp, call)[0]
-
-
-def _flash_fwd(q, k, v, seg, call: _Call):
-  o, lse = _forward(q, k, v, seg, call)
-  return o, (q, k, v, seg, o, lse)
-
-
-def _flash_bwd(call: _Call, res, do):
-  q, k, v, seg, o, lse = res
-  dq, dk, dv = _backward(q, k, v, seg, o, lse, do, call)
-  return dq, dk, dv, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = blocks.differentiable(_forward, _backward)

@@ -16,7 +16,6 @@ module is imported only when the backend is used, so CPU installs never need tri
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 
@@ -73,23 +72,7 @@ def _backward(q, k, v, seg, o, lse, do, call: _Call):
       BB=bb, **{_OUT: out})
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash(q_BxLpxHxDp, k_BxLpxKxDp, v_BxLpxKxDp, seg_BxLp, call: _Call):
-  return _forward(q_BxLpxHxDp, k_BxLpxKxDp, v_BxLpxKxDp, seg_BxLp, call)[0]
-
-
-def _flash_fwd(q, k, v, seg, call: _Call):
-  o, lse = _forward(q, k, v, seg, call)
-  return o, (q, k, v, seg, o, lse)
-
-
-def _flash_bwd(call: _Call, res, do):
-  q, k, v, seg, o, lse = res
-  dq, dk, dv = _backward(q, k, v, seg, o, lse, do, call)
-  return dq, dk, dv, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = blocks.differentiable(_forward, _backward)
 
 
 def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
@@ -102,8 +85,6 @@ def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
                               'use model.attention=xla')
   _, length, _, dh = q_BxLxHxDh.shape
   sizes = (block_sizes or blocks.BlockSizes()).fit(length)
-  lp, dp = blocks.padded_sizes(length, dh, sizes.largest)
   call = _Call(causal=causal, head_dim=dh, sizes=sizes)
-  o = _flash(blocks.pad(q_BxLxHxDh, lp, dp), blocks.pad(k_BxLxKxDh, lp, dp),
-             blocks.pad(v_BxLxKxDh, lp, dp), blocks.pad_segments(segment_ids_BxL, lp), call)
-  return o[:, :length, :, :dh]
+  return blocks.attend_padded(_flash, call, sizes, q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh,
+                              segment_ids_BxL)

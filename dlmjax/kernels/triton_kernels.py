@@ -16,6 +16,15 @@ import triton.language as tl
 
 
 @triton.jit
+def _scores(q, k_t, seg_q, seg_k, offs_q, offs_k, SCALE: tl.constexpr, CAUSAL: tl.constexpr):
+  """Masked base-2 scores of a query tile (Bq x D) against a transposed key tile (D x Bk)."""
+  mask = seg_q[:, None] == seg_k[None, :]
+  if CAUSAL:
+    mask = mask & (offs_q[:, None] >= offs_k[None, :])
+  return tl.where(mask, tl.dot(q, k_t) * SCALE, -1.0e30)
+
+
+@triton.jit
 def flash_fwd(lo_ptr, hi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                 SCALE: tl.constexpr, CAUSAL: tl.constexpr, L: tl.constexpr, H: tl.constexpr,
                 K: tl.constexpr, D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
@@ -37,12 +46,8 @@ def flash_fwd(lo_ptr, hi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
   for j in range(lo, hi):
     offs_k = j * BK + tl.arange(0, BK)
     k_t = tl.load(k_ptr + ((r * L + offs_k[None, :]) * K + kv) * D + offs_d[:, None])  # D x Bk
-    s = tl.dot(q, k_t) * SCALE
     seg_k = tl.load(seg_ptr + r * L + offs_k)
-    mask = seg_q[:, None] == seg_k[None, :]
-    if CAUSAL:
-      mask = mask & (offs_q[:, None] >= offs_k[None, :])
-    s = tl.where(mask, s, -1.0e30)
+    s = _scores(q, k_t, seg_q, seg_k, offs_q, offs_k, SCALE, CAUSAL)
     m_new = tl.maximum(m, tl.max(s, 1))
     correction = tl.exp2(m - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -93,10 +98,7 @@ def flash_bwd(qlo_ptr, qhi_ptr, klo_ptr, khi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, 
       q = tl.load(q_ptr + q_rows)
       do = tl.load(do_ptr + q_rows)
       seg_q = tl.load(seg_ptr + r * L + offs_q)
-      mask = seg_q[:, None] == seg_k[None, :]
-      if CAUSAL:
-        mask = mask & (offs_q[:, None] >= offs_k[None, :])
-      s = tl.where(mask, tl.dot(q, tl.trans(k)) * SCALE, -1.0e30)
+      s = _scores(q, tl.trans(k), seg_q, seg_k, offs_q, offs_k, SCALE, CAUSAL)
       lse = tl.load(lse_ptr + (r * H + h) * L + offs_q)
       p = tl.exp2(s - lse[:, None])
       dv += tl.dot(tl.trans(p.to(do.dtype)), do)
@@ -126,10 +128,7 @@ def flash_bwd(qlo_ptr, qhi_ptr, klo_ptr, khi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, 
       kk = tl.load(k_ptr + rows)
       vv = tl.load(v_ptr + rows)
       seg_kk = tl.load(seg_ptr + r * L + offs_kk)
-      mask = seg_q[:, None] == seg_kk[None, :]
-      if CAUSAL:
-        mask = mask & (offs_q[:, None] >= offs_kk[None, :])
-      s = tl.where(mask, tl.dot(q, tl.trans(kk)) * SCALE, -1.0e30)
+      s = _scores(q, tl.trans(kk), seg_q, seg_kk, offs_q, offs_kk, SCALE, CAUSAL)
       p = tl.exp2(s - lse[:, None])
       dp = tl.dot(do, tl.trans(vv))
       ds = p * (dp - delta[:, None])
