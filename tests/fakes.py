@@ -38,3 +38,10 @@ def xla_output_and_grads(q, k, v, seg, w, causal):
   """The `xla` reference's [output, dq, dk, dv] in float32 on the same (rounded) inputs."""
   f32 = (x.astype(jnp.float32) for x in (q, k, v))
   return attention.output_and_grads(attention._attend_xla, *f32, seg, w, causal)
+
+
+def assert_within(got, want, rel):
+  """Each of got[i] is within rel * max|want[i]| of want[i] (errors relative to the scale)."""
+  for i, (g, r) in enumerate(zip(got, want)):
+    err = float(np.abs(g - r).max())
+    assert err <= rel * float(np.abs(r).max()), (i, err, float(np.abs(r).max()))

@@ -25,6 +25,16 @@ def _scores(q, k_t, seg_q, seg_k, offs_q, offs_k, SCALE: tl.constexpr, CAUSAL: t
 
 
 @triton.jit
+def _probs_and_ds(q, k, v, do, seg_q, seg_k, offs_q, offs_k, lse, delta, SCALE: tl.constexpr,
+                  CAUSAL: tl.constexpr):
+  """Backward tile (Bb x Bb): probabilities p and score gradients ds = p (dO V^T - delta)."""
+  s = _scores(q, tl.trans(k), seg_q, seg_k, offs_q, offs_k, SCALE, CAUSAL)
+  p = tl.exp2(s - lse[:, None])
+  dp = tl.dot(do, tl.trans(v))
+  return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def flash_fwd(lo_ptr, hi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
                 SCALE: tl.constexpr, CAUSAL: tl.constexpr, L: tl.constexpr, H: tl.constexpr,
                 K: tl.constexpr, D: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
@@ -98,13 +108,11 @@ def flash_bwd(qlo_ptr, qhi_ptr, klo_ptr, khi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, 
       q = tl.load(q_ptr + q_rows)
       do = tl.load(do_ptr + q_rows)
       seg_q = tl.load(seg_ptr + r * L + offs_q)
-      s = _scores(q, tl.trans(k), seg_q, seg_k, offs_q, offs_k, SCALE, CAUSAL)
       lse = tl.load(lse_ptr + (r * H + h) * L + offs_q)
-      p = tl.exp2(s - lse[:, None])
-      dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-      dp = tl.dot(do, tl.trans(v))
       delta = tl.load(delta_ptr + (r * H + h) * L + offs_q)
-      ds = p * (dp - delta[:, None])
+      p, ds = _probs_and_ds(q, k, v, do, seg_q, seg_k, offs_q, offs_k, lse, delta, SCALE,
+                            CAUSAL)
+      dv += tl.dot(tl.trans(p.to(do.dtype)), do)
       dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
   tl.store(dk_ptr + kv_rows, (dk * DS_SCALE).to(dk_ptr.dtype.element_ty))
   tl.store(dv_ptr + kv_rows, dv.to(dv_ptr.dtype.element_ty))
@@ -128,9 +136,7 @@ def flash_bwd(qlo_ptr, qhi_ptr, klo_ptr, khi_ptr, seg_ptr, q_ptr, k_ptr, v_ptr, 
       kk = tl.load(k_ptr + rows)
       vv = tl.load(v_ptr + rows)
       seg_kk = tl.load(seg_ptr + r * L + offs_kk)
-      s = _scores(q, tl.trans(kk), seg_q, seg_kk, offs_q, offs_kk, SCALE, CAUSAL)
-      p = tl.exp2(s - lse[:, None])
-      dp = tl.dot(do, tl.trans(vv))
-      ds = p * (dp - delta[:, None])
+      _, ds = _probs_and_ds(q, kk, vv, do, seg_q, seg_kk, offs_q, offs_kk, lse, delta, SCALE,
+                            CAUSAL)
       dq += tl.dot(ds.to(kk.dtype), kk)
     tl.store(dq_ptr + q_rows, (dq * DS_SCALE).to(dq_ptr.dtype.element_ty))
