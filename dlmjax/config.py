@@ -43,7 +43,9 @@ class ModelConfig:
   init_std: float = 0.02
   dtype: str = 'float32'  # compute dtype: float32 on CPU, bfloat16 on accelerators
   param_dtype: str = 'float32'  # master weights
-  attention: str = 'xla'  # backend in dlmjax/model/attention.py
+  # backend in dlmjax/model/attention.py: auto (per platform, the fastest that passed its
+  # check; xla on CPU) | xla | pallas | cudnn | triton (GPU) | splash (TPU)
+  attention: str = 'auto'
   remat: str = 'none'  # none | block (recompute each block in the backward pass)
   attn_dropout: float = 0.0
   mlp_dropout: float = 0.0
@@ -394,6 +396,10 @@ def validate(cfg: Config) -> None:
   _one_of(m.dtype, 'model.dtype', DTYPES)
   _one_of(m.param_dtype, 'model.param_dtype', DTYPES)
   _one_of(m.attention, 'model.attention', attention.BACKENDS)
+  _check(m.attention != 'cudnn' or m.dtype == 'bfloat16', 'model.attention',
+         f'cudnn attention needs model.dtype=bfloat16, not {m.dtype}')
+  _check(m.attn_dropout == 0.0 or m.attention in ('auto', 'xla'), 'model.attn_dropout',
+         f'attention dropout needs model.attention=xla (or auto); {m.attention} has none')
   _one_of(m.remat, 'model.remat', ('none', 'block'))
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
@@ -459,8 +465,10 @@ def _check_tasks(e: EvalConfig) -> None:
 
 
 # Keys that may change between a run and its resumption without changing what is trained.
+# model.attention too: every backend computes the same function (checked against xla), so a
+# run may resume on another machine with another kernel.
 RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'data.prefetch', 'data.cache_dir',
-                  'checkpoint.keep', 'mesh.')
+                  'checkpoint.keep', 'mesh.', 'model.attention')
 
 
 def default_run_dir(cfg: Config) -> str:

@@ -219,3 +219,26 @@ def test_decoding_through_the_kv_cache_gives_the_full_forward_logits(model):
   valid = np.asarray(seg, bool)
   np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(full)[valid], atol=1e-5)
   np.testing.assert_allclose(np.asarray(bi_cached)[valid], np.asarray(bi)[valid], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['pallas', 'splash'])
+def test_model_with_a_kernel_backend_matches_xla_logits_and_gradients(backend):
+  """The kernels wired into the model (interpret mode on a CPU): same logits and gradients."""
+  tokens, seg, pos = row(list(range(5, 35)), [1] * 12 + [2] * 14 + [0] * 4)
+  results = []
+  for name in ('xla', backend):
+    graphdef, state = nnx.split(make(dataclasses.replace(TINY, attention=name)))
+
+    def loss(state, causal):
+      logits = transformer.apply(graphdef, state, tokens, seg, pos, causal=causal)
+      return (logits * jnp.cos(logits)).sum(), logits
+
+    for causal in (True, False):
+      (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                   static_argnums=1)(state, causal)
+      results.append((logits, grads))
+  for (l1, g1), (l2, g2) in zip(results[:2], results[2:]):
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), atol=1e-4, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
