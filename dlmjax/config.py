@@ -45,6 +45,9 @@ class ModelConfig:
   param_dtype: str = 'float32'  # master weights
   attention: str = 'xla'  # backend in dlmjax/model/attention.py
   remat: str = 'none'  # none | block (recompute each block in the backward pass)
+  # Tokens per chunk of the fused output projection + cross-entropy of the training loss
+  # (no BxLxV float32 logits are held); 0: chunks of at most ~256 MiB of float32 logits.
+  ce_chunk_tokens: int = 0
   attn_dropout: float = 0.0
   mlp_dropout: float = 0.0
   resid_dropout: float = 0.0
@@ -385,6 +388,7 @@ def validate(cfg: Config) -> None:
   _one_of(m.param_dtype, 'model.param_dtype', DTYPES)
   _one_of(m.attention, 'model.attention', attention.BACKENDS)
   _one_of(m.remat, 'model.remat', ('none', 'block'))
+  _check(m.ce_chunk_tokens >= 0, 'model.ce_chunk_tokens', 'must be >= 0 (0: automatic)')
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
   _check(m.num_experts == 0, 'model.num_experts',
