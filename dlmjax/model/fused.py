@@ -1,19 +1,22 @@
-"""Fused projections with hand-written backward passes: the q/k/v projection and SwiGLU.
+"""Fused projections with hand-written backward passes: the q/k/v projection, SwiGLU and
+the output projection with the cross-entropy.
 
     q_NxKxGxDh, k_NxKxDh, v_NxKxDh = qkv_projection(x_NxD, w_qkv_DxKxSxDh)
     y_NxD = swiglu(x_NxD, w_gate_up_Dx2xF, w_down_FxD)
+    loss, ce_BxL = linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks=C)
 
 Legend: N tokens (batch x length, flattened), D d_model, K kv heads, G query heads per kv
 head, S = G + 2 slots per kv head (G queries, then the key, then the value), Dh head dim,
-F d_ff.
+F d_ff, B batch rows, L length, T = L / C positions per chunk, V vocabulary.
 
 Why custom VJPs: each projection is one wide matmul whose output is then sliced (q/k/v,
 gate/up). Under autodiff the slices' transpose is a zero-pad of every piece plus adds, and
 the weight gradient then transposes the whole wide output gradient (N x 2F, N x S*K*Dh). On
 CPU those copies cost more than the matmuls they feed: with both VJPs the fwd+bwd step of the
-tiny preset (B 32, L 128) went from ~160 to ~130 ms. The backward passes below write each
-wide gradient once (a concatenate) and order every weight-gradient contraction so that only
-the narrow N x D operand needs transposing.
+tiny preset (B 32, L 128) went from ~160 to ~130 ms. The q/k/v backward writes its wide
+gradient once (a concatenate); SwiGLU's runs the gate and up halves through their own
+products instead (no N x 2F concatenation), and every weight-gradient contraction is
+ordered so that only the narrow N x D operand needs transposing.
 
 SwiGLU also keeps only x and the N x 2F gate/up product for the backward pass; silu(gate) * up
 is recomputed there, in the same fused loop that computes the gradients, instead of holding
