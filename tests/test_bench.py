@@ -41,6 +41,7 @@ def test_the_first_step_variant_is_timed_with_both_objectives_the_others_with_md
                   (['model.param_dtype=bfloat16'], ('mdm',))]
 
 
+@pytest.mark.slow  # two bf16 train-step compilations: ~15 s of CPU
 def test_step_dry_run_times_mdm_and_ar_of_the_bf16_preset_and_renders_a_table(monkeypatch):
   monkeypatch.setattr(bench, 'STEP_DRY_RUN', tuple(SMALL))
   res = bench.bench_train_step([['model.remat=none']], rows_per_device=2, dry_run=True,
