@@ -1,4 +1,4 @@
-"""`python -m dlmjax.bench [--json FILE] [--config configs/tiny.yaml] [key=value ...]`
+"""`python -m dlmjax.bench [--json FILE] [--markdown FILE] [--config configs/tiny.yaml] [key=value ...]`
 
 Measures, in one run on whatever machine it runs on:
   matmul_gflops          best f32 (n x n) @ (n x n) jitted matmul over n in 512..2048
@@ -15,10 +15,18 @@ Measures, in one run on whatever machine it runs on:
                          per length, causal / bidirectional, unpacked / packed (dlmjax/kernels/
                          speed.py); attention_best_over_xla_L4096_bidir is xla's time over the
                          fastest kernel's at L=4096, bidirectional (GPU target >= 3)
-The train step is fed real packed batches of the embedded corpus; times are medians over
-repeats after compilation and a warm-up. The attention shapes default per platform (CPU:
-L=256, 512 in float32; GPU/TPU: L=2048, 4096, the 1B preset's heads, bfloat16) and can be set
-with --attn-* flags; --attn-only skips the other sections.
+  step                   the papers' 1B preset (configs/paper.yaml + configs/models/1b.yaml,
+                         bf16 compute, L 2048) on an accelerator: step time, tokens/s, MFU
+                         against the device's data-sheet peak and MDM / AR step time, for
+                         each `--step-variant` (key=value overrides of the preset). Skipped,
+                         with a line saying so, on CPU; `--dry-run` runs the same code path
+                         there with small shapes (MFU then against the measured matmul peak).
+The tiny train step is fed real packed batches of the embedded corpus, the 1B step synthetic
+packed rows (it needs no tokenizer); times are medians over repeats after compilation and a
+warm-up. The attention shapes default per platform (CPU: L=256, 512 in float32; GPU/TPU:
+L=2048, 4096, the 1B preset's heads, bfloat16) and can be set with --attn-* flags;
+--sections picks sections. `--gpu-tests` first runs the GPU tests (`pytest -m gpu`) and adds their outcome;
+`make bench-gpu` does all of it on a GPU machine and writes runs/bench-gpu.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,7 +36,11 @@ import dataclasses
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 
 import jax
 import numpy as np
@@ -40,7 +52,9 @@ from dlmjax.data.tokenizer import BOS_ID
 from dlmjax.errors import UserError, exit_on_user_error
 from dlmjax.kernels import speed
 from dlmjax.model import attention
-from dlmjax.rundir import write_json_atomic
+from dlmjax.rundir import write_json_atomic, write_text_atomic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def bench_matmul() -> float:
@@ -150,12 +164,7 @@ def run(cfg) -> dict:
   fpt = flops.train_flops_per_token(cfg.model, cfg.model.vocab_size, cfg.data.seq_len)
   tps = tokens / t_mdm
   return {
-      'device': jax.devices()[0].device_kind,
-      'platform': jax.devices()[0].platform,
-      'num_devices': jax.device_count(),
-      'jax': jax.__version__,
-      'python': platform.python_version(),
-      'date': time.strftime('%Y-%m-%d'),
+      **machine(),
       'config': {'name': cfg.name, 'd_model': cfg.model.d_model, 'n_layers': cfg.model.n_layers,
                  'seq_len': cfg.data.seq_len, 'batch_size': cfg.train.batch_size,
                  'dtype': cfg.model.dtype},
@@ -177,10 +186,160 @@ def run(cfg) -> dict:
   }
 
 
-TARGETS = {  # project targets on the 2-core development machine
-    'mfu_vs_matmul_peak': ('>=', 0.5),
+def machine() -> dict:
+  """Where and with what the figures were measured (docs/benchmarks.md quotes these)."""
+  import flax
+  import jaxlib
+  return {
+      'device': jax.devices()[0].device_kind,
+      'platform': jax.devices()[0].platform,
+      'num_devices': jax.device_count(),
+      'jax': jax.__version__,
+      'jaxlib': jaxlib.__version__,
+      'flax': flax.__version__,
+      'python': platform.python_version(),
+      'date': time.strftime('%Y-%m-%d'),
+      'command': ' '.join(['python -m dlmjax.bench', *sys.argv[1:]]),
+  }
+
+
+# ---------------------------------------------------------------------------------------
+# The accelerator training step: the papers' 1B preset at sequence 2048.
+
+STEP_PRESET = ('configs/paper.yaml', 'configs/models/1b.yaml')
+STEP_VOCAB = 50304  # the paper preset's BPE vocabulary (data.bpe_vocab_size)
+# `--dry-run`: the same code path with CPU-sized shapes.
+STEP_DRY_RUN = ('model.d_model=64', 'model.n_layers=2', 'model.n_heads=4', 'model.n_kv_heads=2',
+                'model.d_ff=128', 'model.vocab_size=512', 'data.seq_len=64')
+
+
+def synthetic_batches(rows: int, seq_len: int, vocab_size: int, count: int = 4,
+                      seed: int = 0) -> list[dict]:
+  """`count` packed [rows, seq_len] batches of random documents (1-4 per row, the last row of
+  each batch ending in padding), shaped like the pipeline's, for steps that need no corpus."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(count):
+    seg = np.zeros((rows, seq_len), np.int32)
+    pos = np.zeros((rows, seq_len), np.int32)
+    for r in range(rows):
+      n_docs = int(rng.integers(1, 5))
+      cuts = np.sort(rng.choice(np.arange(1, seq_len), size=n_docs - 1, replace=False))
+      bounds = [0, *cuts.tolist(), seq_len]
+      end = seq_len - seq_len // 8 if r == rows - 1 else seq_len
+      for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        b = min(b, end)
+        if a < b:
+          seg[r, a:b] = i + 1
+          pos[r, a:b] = np.arange(b - a)
+    tokens = np.where(seg > 0, rng.integers(4, vocab_size, (rows, seq_len)), 0).astype(np.int32)
+    out.append({'tokens': tokens, 'segment_ids': seg, 'positions': pos})
+  return out
+
+
+def step_plan(variants: list[list[str]]) -> list[tuple[list[str], tuple[str, ...]]]:
+  """What is measured: the first variant with both objectives (their ratio is the target),
+  the others with mdm only (the objective the study spends its compute on)."""
+  return [(v, ('mdm', 'ar') if i == 0 else ('mdm',)) for i, v in enumerate(variants)]
+
+
+def step_config(variant: list[str], *, dry_run: bool) -> config_lib.Config:
+  files = [str(ROOT / f) for f in STEP_PRESET]
+  overrides = [f'model.vocab_size={STEP_VOCAB}', 'train.progress=false',
+               *(STEP_DRY_RUN if dry_run else ()), *variant]
+  return config_lib.load_config(files, overrides)
+
+
+def bench_train_step(variants: list[list[str]], *, rows_per_device: int, dry_run: bool = False,
+                     repeats: int = 5, steps_per_repeat: int = 5) -> dict:
+  """Step time, tokens/s and MFU of the 1B preset for each variant (mdm and ar for the first,
+  mdm only for the others), against the data-sheet peak (measured matmul peak on CPU)."""
+  platform_ = jax.devices()[0].platform
+  if platform_ == 'cpu' and not dry_run:
+    return {'skipped': 'no accelerator (cpu): MFU is against a device data-sheet peak; '
+                       '--dry-run runs the same code path with small shapes'}
+  out = {'rows_per_device': rows_per_device, 'dry_run': dry_run, 'runs': []}
+  for variant, objectives_ in step_plan(variants):
+    cfg = step_config(variant, dry_run=dry_run)
+    cfg.train.batch_size = rows_per_device * jax.device_count()
+    batches = synthetic_batches(cfg.train.batch_size, cfg.data.seq_len, cfg.model.vocab_size)
+    fpt = flops.train_flops_per_token(cfg.model, cfg.model.vocab_size, cfg.data.seq_len)
+    peak = flops.device_peak_flops(cfg.model.dtype)
+    tokens = cfg.train.batch_size * cfg.data.seq_len
+    for objective in objectives_:
+      rec = {'variant': ' '.join(variant) or 'preset', 'objective': objective,
+             'dtype': cfg.model.dtype, 'param_dtype': cfg.model.param_dtype,
+             'remat': cfg.model.remat, 'attention': cfg.model.attention,
+             'seq_len': cfg.data.seq_len, 'global_rows': cfg.train.batch_size,
+             'params': flops.num_params(cfg.model, cfg.model.vocab_size),
+             'flops_per_token': fpt, 'peak_flops': peak}
+      try:
+        t = bench_step(cfg, objective, batches, repeats=repeats, steps_per_repeat=steps_per_repeat)
+        rec.update(step_s=t, tokens_per_s=tokens / t, mfu=tokens / t * fpt / peak)
+      except jax.errors.JaxRuntimeError as e:  # e.g. out of memory: record it, go on
+        rec['error'] = str(e).splitlines()[0][:300]
+      out['runs'].append(rec)
+      print(_step_line(rec), flush=True)
+  base = {r['objective']: r for r in out['runs'] if r['variant'] == out['runs'][0]['variant']}
+  if all('step_s' in base.get(o, {}) for o in ('ar', 'mdm')) and not dry_run:
+    out['mfu'] = base['mdm']['mfu']
+    out['mdm_over_ar_step_time'] = base['mdm']['step_s'] / base['ar']['step_s']
+  return out
+
+
+def _step_line(rec: dict) -> str:
+  head = f'  step {rec["objective"]:3s} {rec["variant"]:32s}'
+  if 'error' in rec:
+    return f'{head} failed: {rec["error"]}'
+  return (f'{head} {rec["step_s"] * 1e3:8.1f} ms  {rec["tokens_per_s"]:10,.0f} tokens/s  '
+          f'MFU {rec["mfu"]:.3f}')
+
+
+# ---------------------------------------------------------------------------------------
+# The GPU tests, run first by `--gpu-tests`.
+
+def run_gpu_tests() -> dict:
+  """Runs `pytest -m gpu` in a subprocess; counts and failing test ids from its junit XML."""
+  with tempfile.TemporaryDirectory() as tmp:
+    junit = pathlib.Path(tmp) / 'gpu-tests.xml'
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-p',
+                           'no:cacheprovider', f'--junitxml={junit}', str(ROOT / 'tests')],
+                          cwd=ROOT, capture_output=True, text=True)
+    res = {'exit_code': proc.returncode, 'tail': proc.stdout[-2000:] + proc.stderr[-1000:]}
+    if junit.exists():
+      res.update(junit_summary(junit.read_text()))
+  if proc.returncode == 5:
+    res['note'] = 'no test is marked gpu'
+  return res
+
+
+def junit_summary(xml_text: str) -> dict:
+  """Passed / failed / error / skipped counts and the ids of failing tests in a junit XML."""
+  root = ET.fromstring(xml_text)
+  counts = {'passed': 0, 'failed': 0, 'errors': 0, 'skipped': 0}
+  failing = []
+  for case in root.iter('testcase'):
+    outcome = 'passed'
+    for child in case:
+      outcome = {'failure': 'failed', 'error': 'errors', 'skipped': 'skipped'}.get(child.tag,
+                                                                                outcome)
+    counts[outcome] += 1
+    if outcome in ('failed', 'errors'):
+      failing.append(f'{case.get("classname")}::{case.get("name")}')
+  return {**counts, 'failing': failing}
+
+
+# ---------------------------------------------------------------------------------------
+# Output.
+
+SECTIONS = ('tiny', 'step', 'attention')
+
+TARGETS = {  # project targets (docs/benchmarks.md)
+    'mfu_vs_matmul_peak': ('>=', 0.5),  # tiny step on the 2-core CPU development machine
     'mdm_over_ar_step_time': ('<=', 1.10),
     speed.RATIO_KEY: ('>=', 3.0),  # on one H100 (issue 7)
+    'step.mfu': ('>=', 0.5),  # the 1B step on one H100 in bf16
+    'step.mdm_over_ar_step_time': ('<=', 1.05),
 }
 
 
@@ -207,20 +366,89 @@ def _attention_shapes(args) -> speed.AttentionShapes:
   return shapes
 
 
+def _target_mark(key: str, value: float) -> str:
+  target = TARGETS.get(key)
+  if not target:
+    return ''
+  ok = value >= target[1] if target[0] == '>=' else value <= target[1]
+  return f'target {target[0]} {target[1]}: {"met" if ok else "NOT met"}'
+
+
+def to_markdown(res: dict) -> str:
+  """The bench result as markdown: the machine, the GPU tests, the tiny-preset figures and
+  the 1B step table."""
+  lines = ['# dlmjax bench', '',
+           f'{res["device"]} x {res["num_devices"]} ({res["platform"]}), {res["date"]}; '
+           f'jax {res["jax"]}, jaxlib {res["jaxlib"]}, flax {res["flax"]}, Python {res["python"]}',
+           '', f'command: `{res["command"]}`', '']
+  if 'tests' in res:
+    t = res['tests']
+    lines += ['## GPU tests (`pytest -m gpu`)', '',
+              f'{t.get("passed", 0)} passed, {t.get("failed", 0)} failed, {t.get("errors", 0)} '
+              f'errors, {t.get("skipped", 0)} skipped (exit code {t["exit_code"]})'
+              + (f'; {t["note"]}' if t.get('note') else ''), '']
+    lines += [f'- failing: `{f}`' for f in t.get('failing', [])]
+    lines += [''] if t.get('failing') else []
+  figures = [(k, v) for k, v in res.items() if isinstance(v, float)]
+  if figures:
+    lines += [f'## Figures (`{res.get("config", {}).get("name", "tiny")}` preset)', '', '| figure | value | target |',
+              '|---|---|---|']
+    lines += [f'| `{k}` | {v:,.4g} | {_target_mark(k, v)} |' for k, v in figures]
+    lines.append('')
+  step = res.get('step')
+  if step:
+    lines += ['## Train step: the papers\' 1B preset'
+              + (' (dry run: small shapes)' if step.get('dry_run') else ''), '']
+    if 'skipped' in step:
+      lines += [f'skipped: {step["skipped"]}', '']
+    else:
+      lines += [f'{step["rows_per_device"]} rows of {step["runs"][0]["seq_len"]} tokens per '
+                f'device; MFU = model FLOPs (6N + attention) / peak '
+                f'({step["runs"][0]["peak_flops"] / 1e9:,.0f} GFLOP/s).', '',
+                '| variant | objective | dtype / param dtype | remat | step | tokens/s | MFU |',
+                '|---|---|---|---|---|---|---|']
+      for r in step['runs']:
+        cells = ([f'{r["step_s"] * 1e3:.1f} ms', f'{r["tokens_per_s"]:,.0f}', f'{r["mfu"]:.3f}']
+                 if 'step_s' in r else [f'failed: {r["error"]}', '', ''])
+        lines.append(f'| {r["variant"]} | {r["objective"]} | {r["dtype"]} / {r["param_dtype"]} '
+                     f'| {r["remat"]} | ' + ' | '.join(cells) + ' |')
+      lines.append('')
+      lines += [f'- `step.{k}` {step[k]:.3f} ({_target_mark("step." + k, step[k])})'
+                for k in ('mfu', 'mdm_over_ar_step_time') if k in step]
+      lines.append('')
+  if 'attention' in res:
+    att = res['attention']
+    lines += [f'## Attention ({", ".join(att["backends"])}; {att["shapes"]})', '',
+              speed.format_table(att), '']
+  return '\n'.join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='python -m dlmjax.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--json', help='write the figures to this file')
-  parser.add_argument('--config', default='configs/tiny.yaml')
-  parser.add_argument('overrides', nargs='*', help='key=value config overrides')
+  parser.add_argument('--markdown', help='write them as markdown tables to this file')
+  parser.add_argument('--config', default='configs/tiny.yaml', help='the tiny-step preset')
+  parser.add_argument('--sections', default=','.join(SECTIONS),
+                      help='comma-separated: tiny (tiny preset: step, data, eval, sampling), '
+                           'step (1B preset), attention (every backend)')
+  parser.add_argument('--step-variant', action='append', default=None, metavar='"K=V K=V"',
+                      help='overrides of the 1B preset, one measurement each (repeatable); '
+                           'the first is also measured with objective ar')
+  parser.add_argument('--step-rows', type=int, default=8, help='1B step: rows per device')
+  parser.add_argument('--dry-run', action='store_true',
+                      help='run the 1B step section on any device, with small shapes')
+  parser.add_argument('--gpu-tests', action='store_true', help='run `pytest -m gpu` first')
   parser.add_argument('--attn-lengths', help='attention section: lengths, e.g. 2048,4096')
   parser.add_argument('--attn-tokens', type=int, help='attention section: tokens per call')
   parser.add_argument('--attn-heads', help='attention section: H,K,Dh, e.g. 32,8,64')
   parser.add_argument('--attn-dtype', help='attention section: float32 or bfloat16')
   parser.add_argument('--attn-backends', help='attention section: comma-separated backends '
                       '(default: all available on this platform)')
-  parser.add_argument('--attn-only', action='store_true', help='run only the attention section')
+  parser.add_argument('--attn-only', action='store_true', help='--sections attention')
+  parser.add_argument('overrides', nargs='*', help='key=value overrides of the tiny preset')
   args = parser.parse_args(argv)
+  sections = set(args.sections.split(','))
   with exit_on_user_error():
     shapes = _attention_shapes(args)
     backends = args.attn_backends.split(',') if args.attn_backends else None
@@ -228,35 +456,58 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or 'auto' in (backends or []):
       raise UserError(f'--attn-backends: {", ".join(sorted(unknown)) or "auto"} is not one of '
                       f'{", ".join(attention.BACKENDS[1:])}, tokamax')
-    res = {}
-    if not args.attn_only:
-      cfg = config_lib.load_config([args.config], args.overrides)
-      res = run(cfg)
+    if args.attn_only:
+      sections = {'attention'}
+    if not sections or sections - set(SECTIONS):
+      raise UserError(f'--sections {args.sections}: choose from {", ".join(SECTIONS)}')
+    tiny_cfg = config_lib.load_config([args.config], args.overrides)
+    step_variants = [v.split() for v in (args.step_variant or [''])]
+    for variant in step_variants:  # a bad key fails now, not after the other sections
+      step_config(variant, dry_run=args.dry_run)
+    tests = None
+    if args.gpu_tests:
+      # Before this process touches a device: jax here would take the GPU's memory first.
+      tests = run_gpu_tests()
+      print(f'gpu tests: {tests.get("passed", 0)} passed, {tests.get("failed", 0)} failed, '
+            f'{tests.get("errors", 0)} errors (exit code {tests["exit_code"]})', flush=True)
+    res = machine()
+    if tests is not None:
+      res['tests'] = tests
+    if 'tiny' in sections:
+      res.update(run(tiny_cfg))
       res['data_over_train'] = res['data_tokens_per_s'] / res['train_tokens_per_s']
-    else:
-      res = {'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
-             'jax': jax.__version__, 'date': time.strftime('%Y-%m-%d')}
-    att = speed.bench_attention(shapes, backends)
-    res['attention'] = att
-    res[speed.RATIO_KEY] = att[speed.RATIO_KEY]
-    res[speed.RATIO_KEY + '_packed'] = att[speed.RATIO_KEY + '_packed']
+    if 'step' in sections:
+      print('train step, 1B preset:', flush=True)
+      res['step'] = bench_train_step(step_variants, rows_per_device=args.step_rows,
+                                     dry_run=args.dry_run)
+    if 'attention' in sections:
+      att = speed.bench_attention(shapes, backends)
+      res['attention'] = att
+      res[speed.RATIO_KEY] = att[speed.RATIO_KEY]
+      res[speed.RATIO_KEY + '_packed'] = att[speed.RATIO_KEY + '_packed']
   for key, value in res.items():
     if isinstance(value, float):
-      target = TARGETS.get(key)
-      mark = ''
-      if target:
-        ok = value >= target[1] if target[0] == '>=' else value <= target[1]
-        mark = f'   (target {target[0]} {target[1]}: {"met" if ok else "NOT met"})'
-      print(f'{key:34s} {value:,.4g}{mark}')
+      mark = _target_mark(key, value)
+      print(f'{key:34s} {value:,.4g}' + (f'   ({mark})' if mark else ''))
     elif value is None and key.startswith(speed.RATIO_KEY):
       print(f'{key:34s} not measured (needs a kernel backend on this machine and L=4096)')
     elif not isinstance(value, dict):
       print(f'{key:34s} {value}')
-  print(f'\nattention ({", ".join(res["attention"]["backends"])}; '
-        f'{res["attention"]["shapes"]}):\n{speed.format_table(res["attention"])}')
+  step = res.get('step', {})
+  if 'skipped' in step:
+    print(f'{"train step (1B preset)":34s} skipped: {step["skipped"]}')
+  for key in ('mfu', 'mdm_over_ar_step_time'):
+    if key in step:
+      print(f'{"step." + key:34s} {step[key]:.4g}   ({_target_mark("step." + key, step[key])})')
+  if 'attention' in res:
+    print(f'\nattention ({", ".join(res["attention"]["backends"])}; '
+          f'{res["attention"]["shapes"]}):\n{speed.format_table(res["attention"])}')
   if args.json:
     write_json_atomic(pathlib.Path(args.json), res)
     print(f'wrote {args.json}')
+  if args.markdown:
+    write_text_atomic(pathlib.Path(args.markdown), to_markdown(res))
+    print(f'wrote {args.markdown}')
 
 
 if __name__ == '__main__':

@@ -47,6 +47,9 @@ class ModelConfig:
   # check; xla on CPU) | xla | pallas | cudnn | triton (GPU) | splash (TPU)
   attention: str = 'auto'
   remat: str = 'none'  # none | block (recompute each block in the backward pass)
+  # Tokens per chunk of the fused output projection + cross-entropy of the training loss
+  # (no BxLxV float32 logits are held); 0: chunks of at most ~256 MiB of float32 logits.
+  ce_chunk_tokens: int = 0
   attn_dropout: float = 0.0
   mlp_dropout: float = 0.0
   resid_dropout: float = 0.0
@@ -401,6 +404,7 @@ def validate(cfg: Config) -> None:
   _check(m.attn_dropout == 0.0 or m.attention in ('auto', 'xla'), 'model.attn_dropout',
          f'attention dropout needs model.attention=xla (or auto); {m.attention} has none')
   _one_of(m.remat, 'model.remat', ('none', 'block'))
+  _check(m.ce_chunk_tokens >= 0, 'model.ce_chunk_tokens', 'must be >= 0 (0: automatic)')
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
   _check(m.num_experts == 0, 'model.num_experts',

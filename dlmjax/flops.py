@@ -40,8 +40,12 @@ def forward_flops_per_token(m: ModelConfig, vocab_size: int, seq_len: int) -> fl
   return train_flops_per_token(m, vocab_size, seq_len) / 3.0
 
 
-# Dense peak FLOP/s per chip from the vendors' data sheets, by jax `device_kind` prefix.
+# Dense peak FLOP/s per chip from the vendors' data sheets, by jax `device_kind` prefix; the
+# first matching prefix wins, so the PCIe and NVL cards come before the SXM ones.
 PEAK_FLOPS = {
+    'NVIDIA H100 PCIe': {'bfloat16': 756e12, 'float32': 51e12},
+    'NVIDIA H100 NVL': {'bfloat16': 835e12, 'float32': 60e12},
+    'NVIDIA H200 NVL': {'bfloat16': 835e12, 'float32': 60e12},
     'NVIDIA H100': {'bfloat16': 989e12, 'float32': 67e12},
     'NVIDIA H200': {'bfloat16': 989e12, 'float32': 67e12},
     'NVIDIA A100': {'bfloat16': 312e12, 'float32': 19.5e12},

@@ -190,6 +190,15 @@ def test_qkv_projection_custom_vjp_matches_autodiff():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_rope_tables_once_equals_rope_tables_inside_and_beyond_the_row_length():
+  f = jax.jit(lambda p: transformer.rope_tables_once(p, 8, 10000.0))
+  packed = jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 2, 3, 4, 5, 6, 7]], jnp.int32)
+  later = jnp.asarray([[37, 38, 39, 40, 41, 42, 43, 44]], jnp.int32)  # e.g. a decoding step
+  for p in (packed, later):
+    for got, want in zip(f(p), transformer.rope_tables(p, 8, 10000.0)):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_decoding_through_the_kv_cache_gives_the_full_forward_logits(model):
   # Left-padded rows (as the sampler lays out prompts): a prefill, then a two-token chunk,
   # then single tokens, must reproduce the causal forward over the whole row; and one

@@ -108,6 +108,31 @@ def rope_tables(positions_BxL: jax.Array, dh: int, theta: float) -> tuple[jax.Ar
   return jnp.cos(angle_BxLxDh2), jnp.sin(angle_BxLxDh2)
 
 
+def rope_tables_once(positions_BxL: jax.Array, dh: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """`rope_tables`, computed once into a buffer that every layer reads.
+
+  On CPU, XLA fuses the table's sin and cos into each q/k rotation fusion (forward and
+  backward, every layer) and evaluates them once per head and rotation half: 8 times the
+  table for the tiny preset, 4-5% of its train step (CPU time, same process). The result of
+  a conditional is a buffer its consumers read, so the table goes through one: gathered from
+  the L possible positions of a packed row (sin and cos folded at compile time) when every
+  position is below L, which packing guarantees, and computed directly otherwise (e.g. a
+  decoding step at a later position). Accelerators recompute sin and cos for free, and a
+  conditional there would wait for its predicate: they use `rope_tables` as is.
+  """
+  if jax.default_backend() != 'cpu':
+    return rope_tables(positions_BxL, dh, theta)
+  length = positions_BxL.shape[1]
+
+  def from_table(positions_BxL):
+    cos_1xLxDh2, sin_1xLxDh2 = rope_tables(jnp.arange(length)[None], dh, theta)
+    return (jnp.take(cos_1xLxDh2[0], positions_BxL, axis=0),
+            jnp.take(sin_1xLxDh2[0], positions_BxL, axis=0))
+
+  in_table = jnp.all((positions_BxL >= 0) & (positions_BxL < length))
+  return jax.lax.cond(in_table, from_table, lambda p: rope_tables(p, dh, theta), positions_BxL)
+
+
 def apply_rope(x_BxLxNxDh: jax.Array, cos_BxLxDh2: jax.Array, sin_BxLxDh2: jax.Array) -> jax.Array:
   """Rotates pairs (i, i + Dh/2) of every head (the rotate-half layout of Llama/MaxText)."""
   x1, x2 = jnp.split(x_BxLxNxDh.astype(jnp.float32), 2, axis=-1)
@@ -232,10 +257,25 @@ class Transformer(nnx.Module):
     With `cache` (generation): returns (logits, cache); the L tokens are written at the
     cache's next L slots and attend to every slot written so far (see `KVCache`).
     """
+    out = self.hidden(tokens_BxL, segment_ids_BxL, positions_BxL, causal=causal,
+                      dropout_rng=dropout_rng, cache=cache)
+    x_BxLxD, cache = out if cache is not None else (out, None)
+    logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembedding().astype(x_BxLxD.dtype),
+                              preferred_element_type=jnp.float32).astype(jnp.float32)
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+  def hidden(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
+             positions_BxL: jax.Array, *, causal: bool,
+             dropout_rng: jax.Array | None = None,
+             cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """The final (normalised) hidden states BxLxD in the compute dtype (with `cache`: and the
+    cache): the logits are `hidden @ unembedding()`. The training losses take this path into
+    the fused cross-entropy (`fused.linear_cross_entropy`), which never holds BxLxV float32
+    logits."""
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
     x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
-    cos_BxLxDh2, sin_BxLxDh2 = rope_tables(positions_BxL, cfg.dh, cfg.rope_theta)
+    cos_BxLxDh2, sin_BxLxDh2 = rope_tables_once(positions_BxL, cfg.dh, cfg.rope_theta)
 
     def run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng):
       return block(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, causal=causal,
@@ -251,16 +291,15 @@ class Transformer(nnx.Module):
     else:
       x_BxLxD, cache = self._blocks_over_cache(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2,
                                                segment_ids_BxL, causal=causal, cache=cache)
-
     x_BxLxD = self.final_norm(x_BxLxD)
-    if cfg.tie_embeddings:
-      logits_BxLxV = jnp.einsum('bld,vd->blv', x_BxLxD, self.embed[...].astype(dt),
-                                preferred_element_type=jnp.float32)
-    else:
-      logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembed[...].astype(dt),
-                                preferred_element_type=jnp.float32)
-    logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+    return x_BxLxD if cache is None else (x_BxLxD, cache)
+
+  def unembedding(self) -> jax.Array:
+    """The output projection DxV in the parameter dtype (the input embedding, transposed,
+    when `tie_embeddings`)."""
+    if self.static.tie_embeddings:
+      return self.embed[...].T
+    return self.unembed[...]
 
   def init_cache(self, batch: int, length: int) -> KVCache:
     """An empty cache of `length` slots per row for `batch` rows."""

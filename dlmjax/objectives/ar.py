@@ -19,17 +19,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmjax.config import Config
-from dlmjax.objectives.targets import MASK_ID, prediction_mask, token_ce
+from dlmjax.objectives.targets import MASK_ID, prediction_mask, weighted_ce
 
 
-def _next_token_ce(logits_BxLxV, tokens_BxL, segment_ids_BxL):
-  """Summed CE per row (float32 B) and target count per row (int32 B)."""
+def _next_token_targets(tokens_BxL, segment_ids_BxL):
+  """The token each position predicts (int32 BxL) and whether it is a target (bool BxL)."""
   # Shift the targets left instead of slicing the logits: no copy of the BxLxV array.
   next_BxL = jnp.roll(tokens_BxL, -1, axis=1)
   is_target_BxL = jnp.roll(prediction_mask(segment_ids_BxL), -1, axis=1)
   is_target_BxL = is_target_BxL.at[:, -1].set(False)  # the roll wrapped column 0 around
-  ce_BxL = jnp.where(is_target_BxL, token_ce(logits_BxLxV, next_BxL), 0.0)
-  return ce_BxL.sum(axis=1), is_target_BxL.sum(axis=1).astype(jnp.int32)
+  return next_BxL, is_target_BxL
 
 
 def with_param_noise(model: nnx.Module, rng: jax.Array, std: float) -> nnx.Module:
@@ -62,11 +61,15 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
     inputs_BxL = jnp.where(masked_BxL, MASK_ID, tokens_BxL)
   if cfg.ar.param_noise_std > 0.0:
     model = with_param_noise(model, noise_rng, cfg.ar.param_noise_std)
-  logits_BxLxV = model(inputs_BxL, segment_ids_BxL, batch['positions'], causal=True,
-                       dropout_rng=dropout_rng if _has_dropout(cfg) else None)
-  ce_B, n_B = _next_token_ce(logits_BxLxV, tokens_BxL, segment_ids_BxL)
-  n = n_B.sum()
-  value = ce_B.sum() / jnp.maximum(n, 1)
+  next_BxL, is_target_BxL = _next_token_targets(tokens_BxL, segment_ids_BxL)
+  n = is_target_BxL.sum()
+  # The mean over targets is a weighted sum with weight 1/n, the form the fused
+  # cross-entropy differentiates.
+  weights_BxL = is_target_BxL / jnp.maximum(n, 1).astype(jnp.float32)
+  value, _ = weighted_ce(model, inputs_BxL, segment_ids_BxL, batch['positions'], next_BxL,
+                         weights_BxL, causal=True,
+                         dropout_rng=dropout_rng if _has_dropout(cfg) else None,
+                         chunk_tokens=cfg.model.ce_chunk_tokens)
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
              'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1)}
   return value, metrics
@@ -74,6 +77,10 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
 
 def nll(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
   """Exact NLL: (float32 B summed nats per row, int32 B targets per row). No regulariser."""
-  del rng, cfg  # deterministic: no masking, no noise, no dropout
-  logits_BxLxV = model(batch['tokens'], batch['segment_ids'], batch['positions'], causal=True)
-  return _next_token_ce(logits_BxLxV, batch['tokens'], batch['segment_ids'])
+  del rng  # deterministic: no masking, no noise, no dropout
+  next_BxL, is_target_BxL = _next_token_targets(batch['tokens'], batch['segment_ids'])
+  _, ce_BxL = weighted_ce(model, batch['tokens'], batch['segment_ids'], batch['positions'],
+                          next_BxL, is_target_BxL.astype(jnp.float32), causal=True,
+                          chunk_tokens=cfg.model.ce_chunk_tokens)
+  return (jnp.where(is_target_BxL, ce_BxL, 0.0).sum(axis=1),
+          is_target_BxL.sum(axis=1).astype(jnp.int32))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dlmjax.config import Config
-from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask, token_ce
+from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask, weighted_ce
 
 
 def schedule(t_B: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
@@ -84,12 +84,13 @@ def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupt
   return Corrupted(batch, inputs_BxL, masked_BxL, is_target_BxL, t_B, weight_B)
 
 
-def _weighted_ce(model, c: Corrupted, dropout_rng) -> jax.Array:
-  """float32 BxL: weight * CE at masked targets, exactly 0 (no gradient) elsewhere."""
-  logits_BxLxV = model(c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'], causal=False,
-                       dropout_rng=dropout_rng)
-  ce_BxL = token_ce(logits_BxLxV, c.batch['tokens'])
-  return jnp.where(c.masked_BxL, ce_BxL * c.weight_B[:, None], 0.0)
+def _masked_ce(model, c: Corrupted, weights_BxL, dropout_rng, cfg: Config):
+  """Runs the model bidirectionally on the corrupted inputs: (sum of weights x CE over the
+  masked targets, the only part with a gradient; float32 BxL CE at every position)."""
+  weights_BxL = jnp.where(c.masked_BxL, weights_BxL, 0.0)
+  return weighted_ce(model, c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'],
+                     c.batch['tokens'], weights_BxL, causal=False, dropout_rng=dropout_rng,
+                     chunk_tokens=cfg.model.ce_chunk_tokens)
 
 
 def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, dict]:
@@ -102,18 +103,20 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   c = corrupt(batch, corrupt_rng, cfg, train=True)
   m = cfg.model
   use_dropout = max(m.attn_dropout, m.mlp_dropout, m.resid_dropout) > 0.0
-  wce_BxL = _weighted_ce(model, c, dropout_rng if use_dropout else None)
   n_B = c.is_target_BxL.sum(axis=1)
   n = n_B.sum()
+  # Each masked token's CE enters with its ELBO weight times the normalisation, so the loss
+  # is one weighted sum (the form the fused cross-entropy differentiates).
   if cfg.mdm.loss_norm == 'token':
     # Every target token of the batch counts once, masked or not: the ELBO per target token.
-    value = wce_BxL.sum() / jnp.maximum(n, 1)
+    norm_B = jnp.broadcast_to(1.0 / jnp.maximum(n, 1), n_B.shape)
   else:
     # Each row's ELBO per target token, averaged over the rows that have targets (a row of
     # pure padding says nothing and must not dilute the mean).
-    per_row_B = wce_BxL.sum(axis=1) / jnp.maximum(n_B, 1)
     has_B = n_B > 0
-    value = jnp.where(has_B, per_row_B, 0.0).sum() / jnp.maximum(has_B.sum(), 1)
+    norm_B = jnp.where(has_B, 1.0 / jnp.maximum(n_B, 1), 0.0) / jnp.maximum(has_B.sum(), 1)
+  weights_BxL = jnp.broadcast_to((c.weight_B * norm_B)[:, None], c.masked_BxL.shape)
+  value, _ = _masked_ce(model, c, weights_BxL, dropout_rng if use_dropout else None, cfg)
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
              'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean()}
   return value, metrics
@@ -126,5 +129,7 @@ def nll(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, jax
   `rng`. No dropout, no random lengths, no antithetic sampling.
   """
   c = corrupt(batch, rng, cfg, train=False)
-  wce_BxL = _weighted_ce(model, c, None)
+  weights_BxL = jnp.broadcast_to(c.weight_B[:, None], c.masked_BxL.shape)
+  _, ce_BxL = _masked_ce(model, c, weights_BxL, None, cfg)
+  wce_BxL = jnp.where(c.masked_BxL, ce_BxL * weights_BxL, 0.0)
   return wce_BxL.sum(axis=1), c.is_target_BxL.sum(axis=1).astype(jnp.int32)
