@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmjax.config import Config
+from dlmjax.objectives import auxiliary
 from dlmjax.objectives.targets import MASK_ID, prediction_mask, token_ce
 
 
@@ -62,13 +63,14 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
     inputs_BxL = jnp.where(masked_BxL, MASK_ID, tokens_BxL)
   if cfg.ar.param_noise_std > 0.0:
     model = with_param_noise(model, noise_rng, cfg.ar.param_noise_std)
-  logits_BxLxV = model(inputs_BxL, segment_ids_BxL, batch['positions'], causal=True,
-                       dropout_rng=dropout_rng if _has_dropout(cfg) else None)
+  logits_BxLxV, aux = auxiliary.forward(
+      model, inputs_BxL, segment_ids_BxL, batch['positions'], causal=True,
+      dropout_rng=dropout_rng if _has_dropout(cfg) else None, cfg=cfg)
   ce_B, n_B = _next_token_ce(logits_BxLxV, tokens_BxL, segment_ids_BxL)
   n = n_B.sum()
-  value = ce_B.sum() / jnp.maximum(n, 1)
+  value = ce_B.sum() / jnp.maximum(n, 1) + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1)}
+             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1), **aux.metrics}
   return value, metrics
 
 

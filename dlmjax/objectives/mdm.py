@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from dlmjax.config import Config
+from dlmjax.objectives import auxiliary
 from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask, token_ce
 
 
@@ -84,10 +85,8 @@ def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupt
   return Corrupted(batch, inputs_BxL, masked_BxL, is_target_BxL, t_B, weight_B)
 
 
-def _weighted_ce(model, c: Corrupted, dropout_rng) -> jax.Array:
+def _weighted_ce(logits_BxLxV: jax.Array, c: Corrupted) -> jax.Array:
   """float32 BxL: weight * CE at masked targets, exactly 0 (no gradient) elsewhere."""
-  logits_BxLxV = model(c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'], causal=False,
-                       dropout_rng=dropout_rng)
   ce_BxL = token_ce(logits_BxLxV, c.batch['tokens'])
   return jnp.where(c.masked_BxL, ce_BxL * c.weight_B[:, None], 0.0)
 
@@ -102,7 +101,10 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   c = corrupt(batch, corrupt_rng, cfg, train=True)
   m = cfg.model
   use_dropout = max(m.attn_dropout, m.mlp_dropout, m.resid_dropout) > 0.0
-  wce_BxL = _weighted_ce(model, c, dropout_rng if use_dropout else None)
+  logits_BxLxV, aux = auxiliary.forward(
+      model, c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'], causal=False,
+      dropout_rng=dropout_rng if use_dropout else None, cfg=cfg)
+  wce_BxL = _weighted_ce(logits_BxLxV, c)
   n_B = c.is_target_BxL.sum(axis=1)
   n = n_B.sum()
   if cfg.mdm.loss_norm == 'token':
@@ -114,8 +116,10 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
     per_row_B = wce_BxL.sum(axis=1) / jnp.maximum(n_B, 1)
     has_B = n_B > 0
     value = jnp.where(has_B, per_row_B, 0.0).sum() / jnp.maximum(has_B.sum(), 1)
+  value = value + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean()}
+             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean(),
+             **aux.metrics}
   return value, metrics
 
 
@@ -126,5 +130,6 @@ def nll(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, jax
   `rng`. No dropout, no random lengths, no antithetic sampling.
   """
   c = corrupt(batch, rng, cfg, train=False)
-  wce_BxL = _weighted_ce(model, c, None)
+  logits_BxLxV = model(c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'], causal=False)
+  wce_BxL = _weighted_ce(logits_BxLxV, c)
   return wce_BxL.sum(axis=1), c.is_target_BxL.sum(axis=1).astype(jnp.int32)
