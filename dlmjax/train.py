@@ -37,6 +37,7 @@ from dlmjax.config import Config
 from dlmjax.data import budget, pipeline, store as store_lib
 from dlmjax.errors import UserError, exit_on_user_error
 from dlmjax.eval import likelihood
+from dlmjax.eval import tasks as tasks_lib
 from dlmjax.model.transformer import Transformer
 from dlmjax.progress import StepProgress
 from dlmjax.rundir import (RunDir, append_jsonl, training_evals, truncate_jsonl,
@@ -169,6 +170,14 @@ def eval_steps(cfg: Config, num_steps: int) -> set[int]:
   return {p for p in points if p > 0} | {num_steps}
 
 
+def task_steps(cfg: Config, evals_at: set[int]) -> set[int]:
+  """The validation steps that also score `eval.tasks`: every task_every-th, and the last."""
+  if not tasks_lib.split_specs(cfg.eval.tasks):
+    return set()
+  ordered = sorted(evals_at)
+  return set(ordered[cfg.eval.task_every - 1::cfg.eval.task_every]) | {ordered[-1]}
+
+
 def tokens_seen(data: pipeline.TrainData, step: int) -> int:
   """Training tokens (padding excluded) in the first `step` global batches."""
   return min(step * data.tokens_per_batch, data.total_tokens)
@@ -277,6 +286,12 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   val_bytes = likelihood.target_bytes(val_batches, tokenizer.token_bytes())
   val_device = [sharding.global_batch(b, mesh) for b in val_batches]
   nll_fn = likelihood.make_nll_fn(trainer.graphdef, trainer.abstract_params_state, cfg)
+  evals_at = eval_steps(cfg, num_steps)
+  tasks_at = task_steps(cfg, evals_at)
+  suite = None
+  if tasks_at:
+    suite = tasks_lib.TaskSuite(tasks_lib.split_specs(cfg.eval.tasks), cfg, tokenizer,
+                                trainer.model, causal=trainer.objective.causal)
 
   def run_eval(step: int) -> dict:
     res = likelihood.evaluate(nll_fn, state['params'], val_device, causal=trainer.objective.causal,
@@ -284,11 +299,14 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
                               num_bytes=val_bytes)
     rec = {'step': step, 'tokens_seen': tokens_seen(data, step),
            'epoch': data.epoch_of_step(step), **res}
+    if step in tasks_at:
+      t0 = time.time()
+      rec['tasks'] = suite(state['params'])
+      rec['tasks_s'] = time.time() - t0
     if jax.process_index() == 0:
       append_jsonl(rd.evals, rec)
     return rec
 
-  evals_at = eval_steps(cfg, num_steps)
   ckpt_every = cfg.checkpoint.every
   stop = _install_stop_handlers()
 
@@ -358,7 +376,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         t_eval = time.time()
         ev = run_eval(step)
         progress.note(f'step {step}: val {ev["val_loss"]:.4f} nats/token, '
-                      f'{ev["val_bits_per_byte"]:.4f} bits/byte')
+                      f'{ev["val_bits_per_byte"]:.4f} bits/byte'
+                      + ''.join(f', {name} acc {m["acc"]:.3f} (norm {m["acc_norm"]:.3f})'
+                                for name, m in ev.get('tasks', {}).items()))
         window_t += time.time() - t_eval  # eval time is not training throughput
         if not ckpt_every:
           save(step, last_metrics)
@@ -400,6 +420,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       'seed': cfg.seed,
       'wall_s': wall_before + time.time() - t_start,
   }
+  with_tasks = [r for r in evals if 'tasks' in r]
+  if with_tasks:
+    result['tasks'] = with_tasks[-1]['tasks']  # at the last step (task_steps includes it)
   if jax.process_index() == 0:
     write_json_atomic(rd.result, result)
   _log(f'{rd.path}: done. val {final["val_loss"]:.4f} nats/token '
