@@ -253,3 +253,19 @@ def test_expert_weights_are_named_expert_and_shard_over_the_expert_axis():
     assert len(names) == p.ndim and all(n is None or n in LOGICAL_AXES for n in names)
     spec = sharding.logical_to_spec(names, p.shape, mesh)
     assert (spec[0] == 'expert') == (path[-1] in ('w_gate_up', 'w_down')), (path, spec)
+
+
+def test_decoding_an_moe_model_through_the_kv_cache_gives_the_full_forward_logits():
+  model = Transformer(MOE, V, rngs=nnx.Rngs(0))
+  t, s, p = tokens_BxL(b=2, length=9)
+
+  @nnx.jit
+  def both_ways(m):
+    cache, pieces = m.init_cache(2, 9), []
+    for lo, hi in [(0, 6), (6, 7), (7, 9)]:
+      logits, cache = m(t[:, lo:hi], s[:, lo:hi], p[:, lo:hi], causal=True, cache=cache)
+      pieces.append(logits)
+    return jnp.concatenate(pieces, 1), m(t, s, p, causal=True)
+
+  decoded, full = both_ways(model)
+  np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
