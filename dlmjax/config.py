@@ -53,11 +53,14 @@ class ModelConfig:
   attn_dropout: float = 0.0
   mlp_dropout: float = 0.0
   resid_dropout: float = 0.0
-  # Mixture of experts: the presets carry the papers' shapes; training them needs the
-  # MoE layer, which is not implemented yet (num_experts > 0 is rejected at start-up).
+  # Mixture of experts (dlmjax/model/moe.py): num_experts > 0 replaces every block's MLP.
   num_experts: int = 0
-  experts_per_token: int = 0
-  moe_d_ff: int = 0
+  experts_per_token: int = 0  # top-k routing
+  moe_d_ff: int = 0  # each expert's SwiGLU width; 0: d_ff
+  moe_dispatch: str = 'dropless'  # dropless (grouped matmul) | capacity (tokens over C dropped)
+  moe_capacity_factor: float = 1.25  # capacity: C = ceil(k L factor / num_experts) per row
+  moe_lb_weight: float = 0.01  # load-balancing auxiliary loss (Switch/GShard)
+  moe_z_weight: float = 0.001  # router z-loss (ST-MoE)
 
   @property
   def kv_heads(self) -> int:
@@ -407,8 +410,17 @@ def validate(cfg: Config) -> None:
   _check(m.ce_chunk_tokens >= 0, 'model.ce_chunk_tokens', 'must be >= 0 (0: automatic)')
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
-  _check(m.num_experts == 0, 'model.num_experts',
-         'mixture-of-experts layers are not implemented yet; use a dense preset')
+  _check(m.num_experts >= 0, 'model.num_experts', 'must be >= 0 (0: dense MLP)')
+  if m.num_experts:
+    _check(1 <= m.experts_per_token <= m.num_experts, 'model.experts_per_token',
+           f'must be in [1, num_experts={m.num_experts}]')
+    _check(m.moe_d_ff >= 0, 'model.moe_d_ff', 'must be >= 0 (0: d_ff)')
+    _one_of(m.moe_dispatch, 'model.moe_dispatch', ('dropless', 'capacity'))
+    _check(m.moe_capacity_factor > 0, 'model.moe_capacity_factor', 'must be positive')
+    _check(m.moe_lb_weight >= 0 and m.moe_z_weight >= 0, 'model.moe_lb_weight',
+           'moe_lb_weight and moe_z_weight must be >= 0')
+    _check(cfg.mesh.expert in (-1, 1) or m.num_experts % cfg.mesh.expert == 0, 'mesh.expert',
+           f'{cfg.mesh.expert} shards do not divide model.num_experts={m.num_experts}')
 
   _check(d.corpus == 'stdlib' or d.corpus.startswith(('files:', 'jsonl:')), 'data.corpus',
          f'{d.corpus!r} is not stdlib, files:GLOB or jsonl:PATH:FIELD')

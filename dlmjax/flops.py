@@ -5,6 +5,10 @@ Training FLOPs per token follow the PaLM appendix-B convention that MaxText and 
 matmuls, plus 12 x n_layers x L x (n_heads x head_dim) for the attention scores and the
 weighted sum. Causal attention is counted in full (as PaLM does), so AR and MDM runs of the
 same shape cost the same FLOPs per token and their compute compares directly.
+
+Mixture of experts: FLOPs count the active parameters (the router and the A experts a token
+runs), `num_params` every expert. The dispatch itself (sorting, the capacity path's one-hot
+einsums) is not counted, as MaxText does not.
 """
 
 from __future__ import annotations
@@ -12,21 +16,30 @@ from __future__ import annotations
 from dlmjax.config import ModelConfig
 
 
-def matmul_params(m: ModelConfig, vocab_size: int) -> int:
-  """Parameters that multiply activations: attention, MLP and the output head."""
+def _mlp_params(m: ModelConfig, active: bool) -> int:
+  """One layer's MLP: SwiGLU, or the router plus all experts (or the A a token runs)."""
+  if not m.num_experts:
+    return 3 * m.d_model * m.d_ff
+  experts = m.experts_per_token if active else m.num_experts
+  return m.d_model * m.num_experts + experts * 3 * m.d_model * (m.moe_d_ff or m.d_ff)
+
+
+def matmul_params(m: ModelConfig, vocab_size: int, *, active: bool = True) -> int:
+  """Parameters that multiply activations: attention, MLP and the output head (for MoE, only
+  the experts a token runs, unless `active=False`)."""
   d, dh, h, k = m.d_model, m.dh, m.n_heads, m.kv_heads
   attn = d * (h + 2 * k) * dh + h * dh * d
-  mlp = 3 * d * m.d_ff
-  return m.n_layers * (attn + mlp) + d * vocab_size
+  return m.n_layers * (attn + _mlp_params(m, active)) + d * vocab_size
 
 
-def num_params(m: ModelConfig, vocab_size: int) -> int:
-  """All parameters: matmuls, input embedding (unless tied) and norms."""
+def num_params(m: ModelConfig, vocab_size: int, *, active: bool = False) -> int:
+  """All parameters: matmuls (every expert), input embedding (unless tied) and norms;
+  `active=True`: only those one token uses (the same for a dense model)."""
   norms = m.n_layers * 2 * m.d_model + m.d_model
   if m.qk_norm:
     norms += m.n_layers * 2 * m.dh
   embed = 0 if m.tie_embeddings else vocab_size * m.d_model
-  return matmul_params(m, vocab_size) + embed + norms
+  return matmul_params(m, vocab_size, active=active) + embed + norms
 
 
 def train_flops_per_token(m: ModelConfig, vocab_size: int, seq_len: int) -> float:

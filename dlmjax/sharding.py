@@ -21,8 +21,10 @@ from dlmjax.errors import ConfigError
 MESH_AXES = ('data', 'fsdp', 'tensor', 'expert')
 
 # logical name -> mesh axis (or a tuple of axes, or None: replicated)
+# Rows are split over the expert axis too: outside the MoE layers it is one more
+# data-parallel axis (as in MaxText and DeepSpeed-MoE), inside them tokens travel to experts.
 LOGICAL_RULES: dict[str, Any] = {
-    'batch': ('data', 'fsdp'),
+    'batch': ('data', 'fsdp', 'expert'),
     'embed': 'fsdp',
     'vocab': 'tensor',
     'heads': 'tensor',
@@ -57,6 +59,18 @@ def make_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
   shape = mesh_shape(cfg, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
+
+
+def model_mesh(mesh: Mesh):
+  """Context in which model code may read the mesh (`current_model_mesh`), e.g. for expert
+  parallelism. Abstract, so NNX never takes it for a context to shard parameters in."""
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def current_model_mesh() -> jax.sharding.AbstractMesh | None:
+  """The mesh of the enclosing `model_mesh`, or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else mesh
 
 
 def logical_to_spec(logical: tuple | None, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -132,7 +132,8 @@ class Trainer:
     rng = jax.random.fold_in(state['rng'], state['step'])
 
     def loss_fn(params):
-      return self.objective.loss(self.model(params), batch, rng, self.cfg)
+      with sharding.model_mesh(self.mesh):  # for model code that shards over the mesh (MoE)
+        return self.objective.loss(self.model(params), batch, rng, self.cfg)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
@@ -257,6 +258,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   trainer = Trainer(cfg, mesh, num_steps)
   vocab = cfg.model.vocab_size
   n_params = flops.num_params(cfg.model, vocab)
+  n_active = flops.num_params(cfg.model, vocab, active=True)  # < n_params only for MoE
   flops_per_token = flops.train_flops_per_token(cfg.model, vocab, cfg.data.seq_len)
   peak = flops.device_peak_flops(cfg.model.dtype)
 
@@ -312,7 +314,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
     t0 = time.time()
     trainer.compile({k: (data.rows_per_process, cfg.data.seq_len)
                      for k in ('tokens', 'segment_ids', 'positions')})
-    _log(f'{rd.path}: {cfg.objective}, {n_params / 1e6:.2f}M params, U={train_split.num_tokens:,} '
+    active = f' ({n_active / 1e6:.2f}M active)' if n_active < n_params else ''
+    _log(f'{rd.path}: {cfg.objective}, {n_params / 1e6:.2f}M params{active}, '
+         f'U={train_split.num_tokens:,} '
          f'tokens x {data.total_tokens / train_split.num_tokens:.4g} epochs = '
          f'{data.total_tokens:,} tokens in {num_steps} steps (compiled in {time.time() - t0:.1f}s)')
 
@@ -398,6 +402,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       'objective': cfg.objective,
       'name': cfg.name,
       'params': n_params,
+      'active_params': n_active,
       'unique_tokens': train_split.num_tokens,
       # As configured; with an explicit train.steps, the epochs those steps amount to.
       'epochs': data.total_tokens / train_split.num_tokens if cfg.train.steps else cfg.data.epochs,

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from dlmjax import config as config_lib
-from dlmjax.errors import ConfigError
 from experiments import grid as grid_lib
 from experiments import registry
 
@@ -62,13 +61,9 @@ def test_run_names_are_unique_and_encode_the_run(name):
 
 
 @pytest.mark.parametrize('name', registry.names())
-def test_every_run_config_loads_except_moe_which_names_num_experts(name):
+def test_every_run_config_loads(name):
   grid = registry.get(name)
   for r in grid.runs:
-    if name == 'paper-moe':
-      with pytest.raises(ConfigError, match='model.num_experts'):
-        config_lib.load_config(grid.config_paths(), r.overrides)
-      continue
     cfg = config_lib.load_config(grid.config_paths(), r.overrides)
     assert cfg.objective == r.objective
     assert cfg.data.unique_tokens == r.unique_tokens and cfg.data.epochs == r.epochs
@@ -106,11 +101,7 @@ def test_dry_run_of_every_grid_exits_0_and_trains_nothing(name, tmp_path, capsys
   assert grid_lib.main(['run', name, '--dry-run', '--out', str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert not (tmp_path / 'runs').exists()
-  if name == 'paper-moe':
-    assert out.count('model.num_experts') == len(registry.get(name).runs)
-    assert '0 of 10 runs resolve' in out
-  else:
-    assert f'{len(registry.get(name).runs)} of {len(registry.get(name).runs)} runs resolve' in out
+  assert f'{len(registry.get(name).runs)} of {len(registry.get(name).runs)} runs resolve' in out
 
 
 def test_user_errors_are_one_line_and_exit_2():

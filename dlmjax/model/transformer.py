@@ -17,6 +17,9 @@ stacking overhead at that depth), XLA can fuse across block boundaries, and each
 keeps its natural shape (no stacked 'layers' axis for the sharding rules to carry). At 24+
 layers on accelerators compile time grows linearly; scanning is then the change to make.
 
+With `model.num_experts > 0` every block's MLP is a mixture of SwiGLU experts (`moe.py`),
+one call in the block; the dense path is unchanged.
+
 Generation passes `cache=model.init_cache(batch, length)`: the call then also returns the
 cache with its tokens' keys and values appended (a prefill is one call with the prompt, a
 decode step a call with one token), through the same blocks (`Block.__call__`'s `cache`).
@@ -40,12 +43,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmjax.config import ModelConfig
-from dlmjax.model import attention, fused
+from dlmjax.model import attention, fused, moe
 
 # The logical axis names parameters carry. 'qkv' indexes the fused projection's G + 2 slots
 # per kv head (G query heads, then k, then v). The size-2 gate/up axis of the fused SwiGLU
 # weight is named None (never sharded), so a shard of 'mlp' holds matching gate and up columns.
-LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm')
+LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm', 'expert')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,7 @@ class _Static:
   attn_dropout: float
   mlp_dropout: float
   resid_dropout: float
+  moe: bool  # the MLP is a mixture of experts (dlmjax/model/moe.py)
 
   @classmethod
   def of(cls, cfg: ModelConfig) -> '_Static':
@@ -72,7 +76,7 @@ class _Static:
                dtype=cfg.dtype, rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm,
                tie_embeddings=cfg.tie_embeddings, attention=cfg.attention, remat=cfg.remat,
                attn_dropout=cfg.attn_dropout, mlp_dropout=cfg.mlp_dropout,
-               resid_dropout=cfg.resid_dropout)
+               resid_dropout=cfg.resid_dropout, moe=cfg.num_experts > 0)
 
 
 def _param(init, key, shape, dtype, names) -> nnx.Param:
@@ -181,6 +185,9 @@ class Block(nnx.Module):
     self.w_o = _param(_normal(out_std), rngs.params(), (k * g, dh, d), pdt,
                       ('heads', 'head_dim', 'embed'))
     self.mlp_norm = RMSNorm(d, cfg.norm_eps, pdt, rngs=rngs)
+    if cfg.num_experts:
+      self.moe = moe.MoE(cfg, rngs=rngs)
+      return
     # Gate and up projections fused into one matmul; the size-2 axis is left unsharded so a
     # shard of 'mlp' holds matching gate and up columns.
     self.w_gate_up = _param(_normal(cfg.init_std), rngs.params(), (d, 2, f), pdt,
@@ -218,19 +225,28 @@ class Block(nnx.Module):
     x_BxLxD = x_BxLxD + _dropout(a_BxLxD, cfg.resid_dropout, rngs[1])
 
     h_BxLxD = self.mlp_norm(x_BxLxD)
+    if cfg.moe:
+      m_BxLxD = self.moe(h_BxLxD, dropout_rng=rngs[2])
+    else:
+      m_BxLxD = self._swiglu(h_BxLxD, rngs[2])
+    x_BxLxD = x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3])
+    return x_BxLxD if cache is None else (x_BxLxD, cache)
+
+  def _swiglu(self, h_BxLxD: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
+    """The dense MLP, BxLxD."""
+    cfg = self.static
+    dt = jnp.dtype(cfg.dtype)
     w_gate_up_Dx2xF = self.w_gate_up[...].astype(dt)
     w_down_FxD = self.w_down[...].astype(dt)
-    if cfg.mlp_dropout > 0.0 and rngs[2] is not None:
+    if cfg.mlp_dropout > 0.0 and dropout_rng is not None:
       # Dropout sits between the two matmuls, where the hand-written backward has no slot.
       gu_BxLx2xF = jnp.einsum('bld,dcf->blcf', h_BxLxD, w_gate_up_Dx2xF)
       h_BxLxF = jax.nn.silu(gu_BxLx2xF[:, :, 0]) * gu_BxLx2xF[:, :, 1]
-      h_BxLxF = _dropout(h_BxLxF, cfg.mlp_dropout, rngs[2])
-      m_BxLxD = jnp.einsum('blf,fd->bld', h_BxLxF, w_down_FxD)
-    else:
-      m_BxLxD = fused.swiglu(h_BxLxD.reshape(b * length, -1), w_gate_up_Dx2xF,
-                              w_down_FxD).reshape(x_BxLxD.shape)
-    x_BxLxD = x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3])
-    return x_BxLxD if cache is None else (x_BxLxD, cache)
+      h_BxLxF = _dropout(h_BxLxF, cfg.mlp_dropout, dropout_rng)
+      return jnp.einsum('blf,fd->bld', h_BxLxF, w_down_FxD)
+    b, length, _ = h_BxLxD.shape
+    return fused.swiglu(h_BxLxD.reshape(b * length, -1), w_gate_up_Dx2xF,
+                        w_down_FxD).reshape(h_BxLxD.shape)
 
 
 class Transformer(nnx.Module):

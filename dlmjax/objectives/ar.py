@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlmjax.config import Config
+from dlmjax.objectives import auxiliary
 from dlmjax.objectives.targets import MASK_ID, prediction_mask, weighted_ce
 
 
@@ -66,12 +67,13 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   # The mean over targets is a weighted sum with weight 1/n, the form the fused
   # cross-entropy differentiates.
   weights_BxL = is_target_BxL / jnp.maximum(n, 1).astype(jnp.float32)
-  value, _ = weighted_ce(model, inputs_BxL, segment_ids_BxL, batch['positions'], next_BxL,
-                         weights_BxL, causal=True,
-                         dropout_rng=dropout_rng if _has_dropout(cfg) else None,
-                         chunk_tokens=cfg.model.ce_chunk_tokens)
+  value, _, aux = auxiliary.weighted_ce(
+      model, inputs_BxL, segment_ids_BxL, batch['positions'], next_BxL,
+      weights_BxL, causal=True, dropout_rng=dropout_rng if _has_dropout(cfg) else None,
+      cfg=cfg)
+  value = value + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1)}
+             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1), **aux.metrics}
   return value, metrics
 
 

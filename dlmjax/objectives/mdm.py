@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from dlmjax.config import Config
-from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask, weighted_ce
+from dlmjax.objectives import auxiliary
+from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask
 
 
 def schedule(t_B: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
@@ -86,11 +87,12 @@ def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupt
 
 def _masked_ce(model, c: Corrupted, weights_BxL, dropout_rng, cfg: Config):
   """Runs the model bidirectionally on the corrupted inputs: (sum of weights x CE over the
-  masked targets, the only part with a gradient; float32 BxL CE at every position)."""
+  masked targets, the only part with a gradient; float32 BxL CE at every position; the
+  model's auxiliary losses)."""
   weights_BxL = jnp.where(c.masked_BxL, weights_BxL, 0.0)
-  return weighted_ce(model, c.inputs_BxL, c.batch['segment_ids'], c.batch['positions'],
-                     c.batch['tokens'], weights_BxL, causal=False, dropout_rng=dropout_rng,
-                     chunk_tokens=cfg.model.ce_chunk_tokens)
+  return auxiliary.weighted_ce(model, c.inputs_BxL, c.batch['segment_ids'],
+                               c.batch['positions'], c.batch['tokens'], weights_BxL,
+                               causal=False, dropout_rng=dropout_rng, cfg=cfg)
 
 
 def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, dict]:
@@ -116,9 +118,11 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
     has_B = n_B > 0
     norm_B = jnp.where(has_B, 1.0 / jnp.maximum(n_B, 1), 0.0) / jnp.maximum(has_B.sum(), 1)
   weights_BxL = jnp.broadcast_to((c.weight_B * norm_B)[:, None], c.masked_BxL.shape)
-  value, _ = _masked_ce(model, c, weights_BxL, dropout_rng if use_dropout else None, cfg)
+  value, _, aux = _masked_ce(model, c, weights_BxL, dropout_rng if use_dropout else None, cfg)
+  value = value + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean()}
+             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean(),
+             **aux.metrics}
   return value, metrics
 
 
@@ -130,6 +134,6 @@ def nll(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, jax
   """
   c = corrupt(batch, rng, cfg, train=False)
   weights_BxL = jnp.broadcast_to(c.weight_B[:, None], c.masked_BxL.shape)
-  _, ce_BxL = _masked_ce(model, c, weights_BxL, None, cfg)
+  _, ce_BxL, _ = _masked_ce(model, c, weights_BxL, None, cfg)
   wce_BxL = jnp.where(c.masked_BxL, ce_BxL * weights_BxL, 0.0)
   return wce_BxL.sum(axis=1), c.is_target_BxL.sum(axis=1).astype(jnp.int32)
