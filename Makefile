@@ -21,7 +21,7 @@ test-slow: venv
 	$(PY) -m pytest -q -m "slow" || test $$? -eq 5
 
 demo: venv
-	$(PY) -m dlmjax.demo
+	$(PY) -m dlmjax.demo $(ARGS)
 
 bench: venv
 	$(PY) -m dlmjax.bench --json runs/bench.json

@@ -181,6 +181,11 @@ _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 
 
+def stopped() -> bool:
+  """Whether the last `run` was stopped by SIGTERM or Ctrl-C."""
+  return _stop.is_set()
+
+
 def _on_signal(signum, _frame) -> None:
   _stop.set()
   with _children_lock:
@@ -401,14 +406,18 @@ def cmd_show(grid: Grid, runs: list[RunSpec]) -> int:
   return 0
 
 
-def cmd_report(grid: Grid, out: pathlib.Path) -> int:
-  from experiments import report  # matplotlib and scipy load only for this command
-  result: Any = report.write_report(grid, out)
+def print_report_files(out: pathlib.Path) -> None:
   print(f'report:  {out / "report.md"}')
   pngs = sorted(out.glob('*.png')) or sorted(out.glob('**/*.png'))
   for p in pngs:
     print(f'plot:    {p}')
   print(f'summary: {out / "summary.json"}')
+
+
+def cmd_report(grid: Grid, out: pathlib.Path) -> int:
+  from experiments import report  # matplotlib and scipy load only for this command
+  result: Any = report.write_report(grid, out)
+  print_report_files(out)
   if isinstance(result, dict):
     for key, value in result.items():
       if isinstance(value, (str, int, float)):
