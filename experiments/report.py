@@ -582,6 +582,9 @@ def plot_training_crossover(rows, entries, path) -> None:
       if hit:
         ax.plot(*zip(*hit), '-', marker=markers[mi % len(markers)], color=color, ms=7,
                 label=f'{model}: crossover')
+        for x, y in hit:
+          ax.annotate(_fmt_tokens(y) if key == 'tokens' else f'{y:.3g}', (x, y), fontsize=8,
+                      color=color, textcoords='offset points', xytext=(6, -10))
       if miss:
         ax.plot(*zip(*miss), ls='none', marker='^', mfc='none', color=color, ms=9, mew=1.5,
                 label=f'{model}: not reached by the end of the run')
