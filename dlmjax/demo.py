@@ -2,7 +2,8 @@
 
     python -m dlmjax.demo [--out DIR] [--workers N] [key=value ...]
 
-Exactly `python -m experiments.grid run crossover-tiny --workers 2` followed by `report`
+Exactly `python -m experiments.grid run crossover-tiny --workers N` (N: one training per CPU
+core, at most one per run) followed by `report`
 (one code path: the grid runner trains, the report analyses), then a table read back from the
 report's summary.json: per unique-token budget, its epochs, AR's and the MDM's final and best
 validation bits/byte and which objective is better. Re-running resumes: complete runs are
@@ -16,16 +17,21 @@ after the overrides, so a `seed=1` demo never collides with the default one.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import sys
 
 from dlmjax.errors import UserError, exit_on_user_error
+from experiments import registry
 
 GRID = 'crossover-tiny'
-# Two single-threaded trainings in parallel beat one XLA-multithreaded training at this size
-# on the 2-core machine (docs/study-notes.md); more cores take more runs at once.
-DEFAULT_WORKERS = 2
+
+
+def default_workers() -> int:
+  # One training per core: at this size two trainings side by side on 2 cores beat one
+  # training using XLA's threads on both (the prototype's measurement, docs/study-notes.md).
+  return max(1, min(len(registry.get(GRID).runs), os.cpu_count() or 1))
 
 # Columns of the table: the summary.json run keys compared between AR and the MDM (lower is
 # better). Any other numeric per-run key (e.g. a task accuracy added by the evaluation) is
@@ -146,12 +152,12 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   from experiments import grid as grid_lib
-  from experiments import registry, report
+  from experiments import report
 
   argv = sys.argv[1:] if argv is None else argv
   with exit_on_user_error():
     # The demo's default first: a --workers in argv comes later and wins.
-    args = grid_lib.parse(['run', GRID, '--workers', str(DEFAULT_WORKERS), *argv])
+    args = grid_lib.parse(['run', GRID, '--workers', str(default_workers()), *argv])
     if args.dry_run or args.only or args.grid != GRID:
       raise UserError(f'the demo runs the whole grid; for --only or --dry-run use '
                       f'python -m experiments.grid run {GRID}')

@@ -415,6 +415,22 @@ def _grid_axes(plt, n: int, width: float = 5.0, height: float = 4.0):
   return fig, flat[:n]
 
 
+def _log_scale(ax, which: str, fmt) -> None:
+  """Makes `which` ('x' or 'y') of `ax` a log axis labelled at 1, 2 and 5 x 10^k with
+  `fmt(value)`: matplotlib's default labels every minor tick in scientific notation when the
+  range spans less than a decade, and those labels overlap."""
+  from matplotlib import ticker
+  getattr(ax, f'set_{which}scale')('log')
+  axis = getattr(ax, f'{which}axis')
+  axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt(v)))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _fmt_flops(v) -> str:
+  return f'{v:.0e}'.replace('e+', 'e')
+
+
 def _fmt_tokens(n) -> str:
   n = float(n)
   for scale, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
@@ -427,7 +443,8 @@ def plot_epochs(rows, cross, path) -> None:
   """Final and best bits/byte vs epochs, AR vs MDM, one panel per model size."""
   import matplotlib.pyplot as plt
   models = sorted({r['model'] for r in rows}, key=_model_order(rows))
-  fig, axes = _grid_axes(plt, len(models))
+  # One panel gets the width of two: the title and the legend need it.
+  fig, axes = _grid_axes(plt, len(models), width=7.0 if len(models) == 1 else 5.0)
   for ax, model in zip(axes, models):
     mrows = [r for r in rows if r['model'] == model]
     budgets = sorted({r['budget_tokens'] for r in mrows})
@@ -450,13 +467,16 @@ def plot_epochs(rows, cross, path) -> None:
       ax.axvline(c['epochs'], color='gray', lw=1, ls=':',
                  label=f'crossover (final): {c["epochs"]:.3g} ep')
     if _spans_decades([r['epochs'] for r in mrows]):
-      ax.set_xscale('log')
+      _log_scale(ax, 'x', lambda v: f'{v:g}')
     if len(budgets) == 1 and budgets[0]:
       # At a fixed total budget, epochs and unique tokens are one axis read two ways.
       t = float(budgets[0])
       sec = ax.secondary_xaxis('top', functions=(lambda e, t=t: t / np.maximum(e, 1e-30),
                                                  lambda uu, t=t: t / np.maximum(uu, 1e-30)))
       sec.set_xlabel('unique tokens U (tokens)')
+      if ax.get_xscale() == 'log':
+        from matplotlib import ticker
+        sec.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _fmt_tokens(v)))
       ax.set_title(f'model {model}: {_fmt_tokens(t)} total tokens')
     else:
       ax.set_title(f'model {model}')
@@ -551,7 +571,7 @@ def plot_flops(rows, path) -> None:
                 color=color, ms=6, label=None if label in labelled else label + ' (final)')
         labelled.add(label)
     # Compute spans decades across model sizes; log also keeps one scale for every panel.
-    ax.set_xscale('log')
+    _log_scale(ax, 'x', _fmt_flops)
     _label_panel(ax, u, 'training compute (FLOPs)', labelled)
   _finish(plt, fig, 'FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM', path)
 
@@ -584,14 +604,15 @@ def plot_training_crossover(rows, entries, path) -> None:
                 label=f'{model}: crossover')
         for x, y in hit:
           ax.annotate(_fmt_tokens(y) if key == 'tokens' else f'{y:.3g}', (x, y), fontsize=8,
-                      color=color, textcoords='offset points', xytext=(6, -10))
+                      color=color, textcoords='offset points', xytext=(7, 4))
       if miss:
         ax.plot(*zip(*miss), ls='none', marker='^', mfc='none', color=color, ms=9, mew=1.5,
                 label=f'{model}: not reached by the end of the run')
   for ax, what in ((ax_t, 'training tokens at the crossover'),
                    (ax_e, 'epochs at the crossover')):
-    ax.set_xscale('log')
-    ax.set_yscale('log')
+    _log_scale(ax, 'x', _fmt_tokens)
+    _log_scale(ax, 'y', _fmt_tokens if ax is ax_t else (lambda v: f'{v:g}'))
+    ax.margins(x=0.15, y=0.15)
     ax.set_xlabel('unique tokens U')
     ax.set_ylabel(what)
     ax.grid(True, which='both', alpha=0.3)
