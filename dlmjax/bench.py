@@ -6,6 +6,9 @@ Measures, in one run on whatever machine it runs on:
   mfu_vs_matmul_peak     model FLOPs/s (6N + attention, dlmjax/flops.py) / matmul_gflops
   mdm_over_ar_step_time  step time of the mdm objective over that of ar (same model, batch)
   data_tokens_per_s      the input pipeline alone (store -> budget -> epochs -> packed batches)
+  sample_*_tokens_per_s  generation (dlmjax/sample.py) with the config's model shape, random
+                         weights, 8 prompts of 32 tokens, 128 new tokens each: AR with and
+                         without the KV cache, the DLM at 128 and at 32 denoising steps
 The train step is fed real packed batches of the embedded corpus; times are medians over
 repeats after compilation and a warm-up.
 """
@@ -19,10 +22,12 @@ import statistics
 import time
 
 import jax
+import numpy as np
 
 from dlmjax import config as config_lib
 from dlmjax import flops, sharding
 from dlmjax.data import budget, pipeline, store as store_lib
+from dlmjax.data.tokenizer import BOS_ID
 from dlmjax.errors import exit_on_user_error
 from dlmjax.rundir import write_json_atomic
 
@@ -77,6 +82,27 @@ def bench_step(cfg, objective: str, batches: list[dict], repeats: int = 5,
   return statistics.median(times)
 
 
+def bench_sample(cfg, batch: int = 8, prompt_len: int = 32, new_tokens: int = 128,
+                 repeats: int = 3) -> dict[str, float]:
+  """Generated tokens/s of each sampler, median over repeats (compilation excluded)."""
+  from dlmjax import sample
+  from dlmjax.train import build_model
+
+  model = build_model(cfg)
+  prompts = np.random.default_rng(0).integers(4, cfg.model.vocab_size, (batch, prompt_len))
+  prompts = [[BOS_ID] + p.tolist()[1:] for p in prompts]
+  runs = {'sample_ar_tokens_per_s': dict(causal=True),
+          'sample_ar_nocache_tokens_per_s': dict(causal=True, kv_cache=False),
+          f'sample_dlm_{new_tokens}_steps_tokens_per_s': dict(causal=False),
+          'sample_dlm_32_steps_tokens_per_s': dict(causal=False, steps=32)}
+  out = {}
+  for name, kwargs in runs.items():
+    seconds = [sample.sample(model, prompts, max_new_tokens=new_tokens, stop_at_eos=False,
+                             history=False, **kwargs).seconds for _ in range(repeats)]
+    out[name] = batch * new_tokens / statistics.median(seconds)
+  return out
+
+
 def run(cfg) -> dict:
   data = _data(cfg)
   it = data.iterator()
@@ -107,6 +133,7 @@ def run(cfg) -> dict:
       'mfu_vs_matmul_peak_ar': tokens / t_ar * fpt / peak,
       'mdm_over_ar_step_time': t_mdm / t_ar,
       'data_tokens_per_s': bench_data(cfg),
+      **bench_sample(cfg),
   }
 
 
@@ -134,9 +161,9 @@ def main(argv: list[str] | None = None) -> None:
       if target:
         ok = value >= target[1] if target[0] == '>=' else value <= target[1]
         mark = f'   (target {target[0]} {target[1]}: {"met" if ok else "NOT met"})'
-      print(f'{key:26s} {value:,.4g}{mark}')
+      print(f'{key:34s} {value:,.4g}{mark}')
     elif not isinstance(value, dict):
-      print(f'{key:26s} {value}')
+      print(f'{key:34s} {value}')
   if args.json:
     write_json_atomic(pathlib.Path(args.json), res)
     print(f'wrote {args.json}')

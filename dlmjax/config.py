@@ -310,11 +310,15 @@ def load_config(files: list[str] = (), overrides: list[str] = (), *, check: bool
   return cfg
 
 
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+  """A command line's YAML files and its `key=value` overrides, each in their order."""
+  files = [a for a in argv if a.endswith(('.yaml', '.yml')) and '=' not in a]
+  return files, [a for a in argv if a not in files]
+
+
 def parse_args(argv: list[str]) -> Config:
   """Splits a command line into YAML files and `key=value` overrides and loads them."""
-  files = [a for a in argv if a.endswith(('.yaml', '.yml')) and '=' not in a]
-  overrides = [a for a in argv if a not in files]
-  return load_config(files, overrides)
+  return load_config(*split_args(argv))
 
 
 def from_dict(data: dict) -> Config:

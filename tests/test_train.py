@@ -208,3 +208,16 @@ def test_inspect_notebook_runs_on_a_trained_run(mdm_run, capsys):
       exec(compile(source, 'inspect_run.ipynb', 'exec'), namespace)
   assert namespace['run'].config.objective == 'mdm'
   assert 'bits/byte' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('which', ['ar_run', 'mdm_run'])
+def test_sample_command_continues_a_prompt_from_a_trained_run(which, request, capsys):
+  from dlmjax import sample
+
+  run_dir, _ = request.getfixturevalue(which)
+  capsys.readouterr()  # drop what training the run printed
+  sample.main([str(run_dir), 'prompt=def f(x):\\n', 'max_new_tokens=16', 'steps=8',
+               'temperature=1.0', 'stop_at_eos=false', 'view=plain'])
+  out = capsys.readouterr()
+  assert out.out.startswith('def f(x):\n') and len(out.out) > len('def f(x):\n')
+  assert f'{which[:-4]} step' in out.err and '16 tokens' in out.err and 'tokens/s' in out.err

@@ -17,7 +17,7 @@ this signature. 'xla' is the reference: plain einsums that run everywhere.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +91,64 @@ def attend(q_BxLxHxDh: jax.Array, k_BxLxKxDh: jax.Array, v_BxLxKxDh: jax.Array,
     raise ValueError(f'{h} query heads are not a multiple of {k} key/value heads')
   return _IMPLS[backend](q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL, causal=causal,
                          dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+
+
+# ---------------------------------------------------------------------------------------
+# Attention over a key/value cache (generation). Legend additions: T new tokens (queries),
+# S cache slots.
+
+
+class LayerCache(NamedTuple):
+  """One layer's keys and values for decoding, with the cache-wide slot bookkeeping.
+
+  Slot s holds the key and value of the token written there by an earlier (or the current)
+  call; `segment_ids_BxS` is 0 at slots not written yet and at padding, so the same segment
+  rule as in `attend` hides them. The current call's T tokens sit at slots
+  [index, index + T), the same slots in every row (prompts are left-padded).
+  """
+
+  k_BxSxKxDh: jax.Array
+  v_BxSxKxDh: jax.Array
+  segment_ids_BxS: jax.Array
+  index: jax.Array  # int32 scalar: the slot of the current call's first token
+
+
+def write_cache(cache: LayerCache, k_BxTxKxDh: jax.Array, v_BxTxKxDh: jax.Array) -> LayerCache:
+  """`cache` with the current call's keys and values written at slots [index, index + T)."""
+  write = lambda old_BxSxKxDh, new_BxTxKxDh: jax.lax.dynamic_update_slice_in_dim(
+      old_BxSxKxDh, new_BxTxKxDh.astype(old_BxSxKxDh.dtype), cache.index, axis=1)
+  k_BxSxKxDh = write(cache.k_BxSxKxDh, k_BxTxKxDh)
+  v_BxSxKxDh = write(cache.v_BxSxKxDh, v_BxTxKxDh)
+  return cache._replace(k_BxSxKxDh=k_BxSxKxDh, v_BxSxKxDh=v_BxSxKxDh)
+
+
+def attend_cache(q_BxTxHxDh: jax.Array, cache: LayerCache, segment_ids_BxT: jax.Array, *,
+                 causal: bool) -> jax.Array:
+  """Softmax attention of T new queries over the cache's S slots; BxTxHxDh in q's dtype.
+
+  The same rule as `attend`: query t (at slot index + t) sees slot s iff both are in the same
+  non-padding segment and, if `causal`, s <= index + t. With T = 1 a decode step is a
+  matrix-vector product per head, memory-bound, so plain einsums are the right tool on every
+  backend; the grouped layout keeps k/v un-repeated as in `_attend_xla`.
+  """
+  b, t, h, dh = q_BxTxHxDh.shape
+  s, k = cache.k_BxSxKxDh.shape[1], cache.k_BxSxKxDh.shape[2]
+  q_BxTxKxGxDh = (q_BxTxHxDh * jnp.asarray(dh ** -0.5, q_BxTxHxDh.dtype)).reshape(
+      b, t, k, h // k, dh)
+  s_BxKxGxTxS = jnp.einsum('btkgd,bskd->bkgts', q_BxTxKxGxDh,
+                           cache.k_BxSxKxDh.astype(q_BxTxHxDh.dtype),
+                           preferred_element_type=jnp.float32)
+  seg_q_BxTx1 = segment_ids_BxT[:, :, None]
+  seg_k_Bx1xS = cache.segment_ids_BxS[:, None, :]
+  mask_BxTxS = (seg_q_BxTx1 == seg_k_Bx1xS) & (seg_k_Bx1xS != 0)
+  if causal:
+    slot_q_T = cache.index + jnp.arange(t, dtype=jnp.int32)
+    mask_BxTxS &= (jnp.arange(s, dtype=jnp.int32)[None, :] <= slot_q_T[:, None])[None]
+  s_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], s_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+  p_BxKxGxTxS = jax.nn.softmax(s_BxKxGxTxS, axis=-1)
+  o_BxTxKxGxDh = jnp.einsum('bkgts,bskd->btkgd', p_BxKxGxTxS.astype(q_BxTxHxDh.dtype),
+                            cache.v_BxSxKxDh.astype(q_BxTxHxDh.dtype),
+                            preferred_element_type=jnp.float32)
+  valid_BxTx1x1x1 = (segment_ids_BxT != 0)[:, :, None, None, None]
+  o_BxTxKxGxDh = jnp.where(valid_BxTx1x1x1, o_BxTxKxGxDh, 0.0)
+  return o_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
