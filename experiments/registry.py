@@ -184,7 +184,9 @@ def crossover_small() -> Grid:
               'AR vs MDM at two CPU sizes (tiny, tiny-wide: d_model 192) x 4 unique-token budgets '
               'at 2M total tokens (250, 64, 16, 1 epochs): does the crossover in training time '
               'come later with more unique data and earlier with the larger model? '
-              'Not yet timed; 16 runs of 2M tokens, the wide ones about twice the tiny cost.',
+              'Measured: 12 of its runs (the other 4 are crossover-tiny runs) took 98 minutes '
+              'with --workers 2 on a shared 2-core machine under load 5-30 '
+              '(docs/study-notes.md); a wide run costs about twice a tiny one.',
               'CPU, 2 cores', configs, tuple(runs))
 
 
