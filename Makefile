@@ -29,7 +29,7 @@ test-eval: $(VENV)/.installed-eval
 	$(PY) -m pytest -q tests/test_lm_eval_adapter.py
 
 demo: venv
-	$(PY) -m dlmjax.demo
+	$(PY) -m dlmjax.demo $(ARGS)
 
 bench: venv
 	$(PY) -m dlmjax.bench --json runs/bench.json

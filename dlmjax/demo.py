@@ -1,36 +1,180 @@
-"""`make demo`: trains a tiny AR model and a tiny masked diffusion model on the same data.
+"""`make demo`: the `crossover-tiny` grid, its report, and a short table of who wins where.
 
-Both runs use configs/tiny.yaml (byte-level tokens of the standard library's source) with the
-same unique-token budget, epochs, seed and backbone; only `objective` differs. Extra
-`key=value` arguments are applied to both runs. Re-running resumes or reuses finished runs.
+    python -m dlmjax.demo [--out DIR] [--workers N] [key=value ...]
+
+Exactly `python -m experiments.grid run crossover-tiny --workers N` (N: one training per CPU
+core, at most one per run) followed by `report`
+(one code path: the grid runner trains, the report analyses), then a table read back from the
+report's summary.json: per unique-token budget, its epochs, AR's and the MDM's final and best
+validation bits/byte and which objective is better. Re-running resumes: complete runs are
+skipped, partial ones continue from their checkpoint.
+
+The results go to runs/grids/crossover-tiny (so `python -m experiments.grid status
+crossover-tiny` sees them); with `key=value` overrides and no --out, to a directory named
+after the overrides, so a `seed=1` demo never collides with the default one.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import re
 import sys
 
-from dlmjax import config as config_lib
-from dlmjax import train
-from dlmjax.errors import exit_on_user_error
+from dlmjax.errors import UserError, exit_on_user_error
+from experiments import registry
 
-PRESET = 'configs/tiny.yaml'
+GRID = 'crossover-tiny'
 
 
-def main(argv: list[str] | None = None) -> None:
+def default_workers() -> int:
+  # One training per core: at this size two trainings side by side on 2 cores beat one
+  # training using XLA's threads on both (the prototype's measurement, docs/study-notes.md).
+  return max(1, min(len(registry.get(GRID).runs), os.cpu_count() or 1))
+
+# Columns of the table: the summary.json run keys compared between AR and the MDM (lower is
+# better). Any other numeric per-run key (e.g. a task accuracy added by the evaluation) is
+# shown as extra columns, without a winner, since its direction is not known here.
+COMPARED = (('val_bits_per_byte', 'final'), ('best_val_bits_per_byte', 'best'))
+NOT_METRICS = {'name', 'objective', 'model', 'params', 'unique_tokens', 'epochs', 'train_tokens',
+               'flops', 'val_loss', 'best_step', 'seed', *(k for k, _ in COMPARED)}
+
+
+def demo_out(out: str | None, overrides: list[str]) -> str:
+  """The grid's default directory, or one named after the overrides."""
+  if out:
+    return out
+  base = f'runs/grids/{GRID}'
+  if not overrides:
+    return base
+  return base + '-' + re.sub(r'[^A-Za-z0-9_.=,-]+', '_', ','.join(overrides))
+
+
+def _mean(values: list[float]) -> float | None:
+  return sum(values) / len(values) if values else None
+
+
+def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+  """The demo table from a report summary: (header, rows), one row per unique-token budget,
+  smallest budget (most epochs) first; values are means over seeds."""
+  runs = summary['runs']
+  extras = sorted({k for r in runs for k, v in r.items()
+                   if k not in NOT_METRICS and isinstance(v, (int, float))
+                   and not isinstance(v, bool)})
+  header = ['unique tokens', 'epochs']
+  for _, label in COMPARED:
+    header += [f'AR {label}', f'MDM {label}', f'better ({label})']
+  header.append('MDM curve below AR')
+  for key in extras:
+    header += [f'AR {key}', f'MDM {key}']
+  timing = {c['unique_tokens']: c for c in summary.get('training_crossover', [])
+            if c.get('main_budget', True)}
+  rows = []
+  for u in sorted({r['unique_tokens'] for r in runs}):
+    at_u = [r for r in runs if r['unique_tokens'] == u]
+    value = lambda obj, key: _mean([float(r[key]) for r in at_u
+                                    if r['objective'] == obj and r.get(key) is not None])
+    row = [_count(u), f'{_mean([float(r["epochs"]) for r in at_u]):.4g}']
+    for key, _ in COMPARED:
+      ar, mdm = value('ar', key), value('mdm', key)
+      row += [_num(ar), _num(mdm), _winner(ar, mdm)]
+    row.append(_timing(timing.get(u)))
+    for key in extras:
+      row += [_num(value('ar', key)), _num(value('mdm', key))]
+    rows.append(row)
+  return header, rows
+
+
+def _count(n: float) -> str:
+  for scale, suffix in ((1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
+    if n >= scale:
+      return f'{n / scale:.4g}{suffix}'
+  return f'{n:g}'
+
+
+def _num(x: float | None) -> str:
+  return '-' if x is None else f'{x:.3f}'
+
+
+def _winner(ar: float | None, mdm: float | None) -> str:
+  if ar is None or mdm is None:
+    return '-'
+  if ar == mdm:
+    return 'tie'
+  return f'{"MDM" if mdm < ar else "AR"} by {abs(ar - mdm):.2f}'
+
+
+def _timing(c: dict | None) -> str:
+  """When the MDM's validation curve went below the AR's, in epochs of training."""
+  if c is None:
+    return '-'
+  if c['status'] == 'crossed':
+    return f'after {c["epochs"]:.3g} ep'
+  if c['status'] == 'mdm_ahead_from_start':
+    return 'from the first eval'
+  return 'never' if c['status'] == 'not_reached' else '-'
+
+
+def conclusion(summary: dict) -> list[str]:
+  """The sentences under the table: where the crossover in unique tokens lies."""
+  lines = []
+  for model, entry in summary.get('crossover', {}).items():
+    for metric, what in (('final', 'final values'), ('best', 'early-stopped (best) values')):
+      c = entry[metric]
+      if c['status'] == 'crossed' and c['direction'] == 'mdm_better_below':
+        lines.append(f'{what}: MDM beats AR below U = {_count(c["unique_tokens"])} unique tokens '
+                     f'(above {c["epochs"]:.3g} epochs), AR wins above it.')
+      elif c['status'] == 'crossed':
+        lines.append(f'{what}: AR beats MDM below U = {_count(c["unique_tokens"])}, '
+                     f'MDM above it (the reverse of the papers).')
+      else:
+        lines.append(f'{what}: no crossover in range ({c["status"].replace("_", " ")}).')
+  return lines
+
+
+def print_summary(summary: dict) -> None:
+  import rich.console
+  import rich.table
+  header, rows = table_rows(summary)
+  table = rich.table.Table(title=f'{summary["grid"]}: validation bits/byte (lower is better)',
+                           title_justify='left')
+  for i, h in enumerate(header):
+    table.add_column(h, justify='left' if i == 0 else 'right')
+  for row in rows:
+    table.add_row(*row)
+  console = rich.console.Console(width=None if sys.stdout.isatty() else 160)
+  console.print(table)
+  for line in conclusion(summary):
+    console.print('- ' + line, highlight=False)
+  console.print('(MDM values are Monte Carlo ELBO bounds; AR values are exact.)', highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+  from experiments import grid as grid_lib
+  from experiments import report
+
   argv = sys.argv[1:] if argv is None else argv
-  results = {}
   with exit_on_user_error():
-    for objective in ('ar', 'mdm'):
-      cfg = config_lib.load_config([PRESET], [*argv, f'objective={objective}'])
-      cfg.run_dir = cfg.run_dir or f'runs/demo/{config_lib.default_run_dir(cfg).split("/")[-1]}'
-      results[objective] = (cfg.run_dir, train.run(cfg))
+    # The demo's default first: a --workers in argv comes later and wins.
+    args = grid_lib.parse(['run', GRID, '--workers', str(default_workers()), *argv])
+    if args.dry_run or args.only or args.grid != GRID:
+      raise UserError(f'the demo runs the whole grid; for --only or --dry-run use '
+                      f'python -m experiments.grid run {GRID}')
+    out = demo_out(args.out, args.overrides)
+  rc = grid_lib.main(['run', GRID, '--out', out, '--workers', str(args.workers),
+                      *args.overrides])
+  if grid_lib.stopped():
+    print('stopped: run the same command again to resume')
+    return rc
+  out_path = grid_lib.out_dir(registry.get(GRID), out)
+  summary = report.write_report(registry.get(GRID), out_path)
   print()
-  print(f'{"objective":10s} {"val nats/token":>15s} {"val bits/byte":>14s} {"best bits/byte":>15s}  run')
-  for objective, (run_dir, r) in results.items():
-    print(f'{objective:10s} {r["val_loss"]:15.4f} {r["val_bits_per_byte"]:14.4f} '
-          f'{r["best_val_bits_per_byte"]:15.4f}  {run_dir}/result.json')
-  print('(the diffusion number is an upper bound: its Monte Carlo ELBO)')
+  print_summary(summary)
+  print()
+  grid_lib.print_report_files(out_path)
+  return rc
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

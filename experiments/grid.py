@@ -181,6 +181,11 @@ _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 
 
+def stopped() -> bool:
+  """Whether the last `run` was stopped by SIGTERM or Ctrl-C."""
+  return _stop.is_set()
+
+
 def _on_signal(signum, _frame) -> None:
   _stop.set()
   with _children_lock:
@@ -244,15 +249,77 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
     release(rdir)
 
 
+class GridProgress:
+  """On a terminal, a bar over the steps of all selected runs with an ETA, read every few
+  seconds from the runs' metrics.jsonl (the trainings are subprocesses writing their logs).
+  Elsewhere (logs, CI) it does nothing and messages are plain lines."""
+
+  POLL_S = 2.0
+
+  def __init__(self, grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str]):
+    self.enabled = sys.stdout.isatty()
+    self._lock = threading.Lock()
+    self._done = threading.Event()
+    if not self.enabled:
+      return
+    import rich.progress
+    self.rdirs = [run_dir(out, r) for r in runs]
+    self.planned = [_planned_steps(grid, r, d, extra) or 0 for r, d in zip(runs, self.rdirs)]
+    # A slow window: evals pause the step count every few seconds, and runs start and end.
+    self.bar = rich.progress.Progress(
+        rich.progress.TextColumn('[bold]{task.description}'), rich.progress.BarColumn(),
+        rich.progress.MofNCompleteColumn(), rich.progress.TextColumn('steps'),
+        rich.progress.TimeElapsedColumn(), rich.progress.TextColumn('eta'),
+        rich.progress.TimeRemainingColumn(), rich.progress.TextColumn('{task.fields[info]}'),
+        speed_estimate_period=120.0)
+    self.task = self.bar.add_task(grid.name, total=sum(self.planned),
+                                  completed=self._steps_done()[0], info='')
+    self._thread = threading.Thread(target=self._poll, daemon=True)
+
+  def _steps_done(self) -> tuple[int, int]:
+    steps, complete = 0, 0
+    for rdir, planned in zip(self.rdirs, self.planned):
+      if RunDir(rdir).is_complete():
+        steps, complete = steps + planned, complete + 1
+      else:
+        steps += min(_last_step(RunDir(rdir).metrics), planned)
+    return steps, complete
+
+  def _poll(self) -> None:
+    while not self._done.wait(self.POLL_S):
+      steps, complete = self._steps_done()
+      self.bar.update(self.task, completed=steps,
+                      info=f'{complete}/{len(self.rdirs)} runs complete')
+
+  def say(self, msg: str) -> None:
+    with self._lock:
+      if self.enabled:
+        self.bar.console.print(msg, highlight=False)
+      else:
+        print(msg, flush=True)
+
+  def __enter__(self) -> 'GridProgress':
+    if self.enabled:
+      self.bar.start()
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._done.set()
+    if self.enabled:
+      self._thread.join()
+      self.bar.stop()
+
+
 def cmd_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str],
             workers: int) -> int:
   out.mkdir(parents=True, exist_ok=True)
-  lock = threading.Lock()
+  with GridProgress(grid, runs, out, extra) as progress:
+    return _run_all(grid, runs, out, extra, workers, progress.say)
 
-  def say(msg: str) -> None:
-    with lock:
-      print(msg, flush=True)
 
+def _run_all(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str],
+             workers: int, say) -> int:
   _stop.clear()
   handlers = {}
   if threading.current_thread() is threading.main_thread():
@@ -401,14 +468,18 @@ def cmd_show(grid: Grid, runs: list[RunSpec]) -> int:
   return 0
 
 
-def cmd_report(grid: Grid, out: pathlib.Path) -> int:
-  from experiments import report  # matplotlib and scipy load only for this command
-  result: Any = report.write_report(grid, out)
+def print_report_files(out: pathlib.Path) -> None:
   print(f'report:  {out / "report.md"}')
   pngs = sorted(out.glob('*.png')) or sorted(out.glob('**/*.png'))
   for p in pngs:
     print(f'plot:    {p}')
   print(f'summary: {out / "summary.json"}')
+
+
+def cmd_report(grid: Grid, out: pathlib.Path) -> int:
+  from experiments import report  # matplotlib and scipy load only for this command
+  result: Any = report.write_report(grid, out)
+  print_report_files(out)
   if isinstance(result, dict):
     for key, value in result.items():
       if isinstance(value, (str, int, float)):

@@ -5,7 +5,7 @@
 
     report.md      header, table of runs, crossover statements, fit table, plots
     summary.json   the same numbers for programs (see `write_report`)
-    *.png          epochs view, training curves, FLOPs-matched view
+    *.png          epochs view, training curves, training-time crossover, FLOPs-matched view
 
 It relies only on these attributes of the registry's objects (duck typed):
 `Grid.name, .description, .hardware, .runs` and
@@ -151,12 +151,25 @@ def crossovers(rows: list[dict]) -> dict:
         c['train_tokens'] = budget
         entry[metric] = c
       per_budget[budget] = entry
-    main = max(per_budget, key=lambda b: (len(per_budget[b]['final']['points']), b))
+    main = _main_budget(mrows)
     out[model] = dict(per_budget[main])
     others = [per_budget[b] for b in per_budget if b != main]
     if others:
       out[model]['other_budgets'] = others
   return out
+
+
+def _main_budget(mrows: list[dict]) -> float:
+  """The total-token budget at which a model's comparisons are reported: the one with the most
+  unique-token values (ties: the largest budget)."""
+  count = collections.Counter()
+  for budget in {r['budget_tokens'] for r in mrows}:
+    objs = collections.defaultdict(set)
+    for r in mrows:
+      if r['budget_tokens'] == budget:
+        objs[r['unique_tokens']].add(r['objective'])
+    count[budget] = sum(1 for o in objs.values() if set(OBJECTIVES) <= o)
+  return max(count, key=lambda b: (count[b], b))
 
 
 def _model_order(rows):
@@ -165,6 +178,138 @@ def _model_order(rows):
   for r in rows:
     params.setdefault(r['model'], r.get('params') or 0)
   return lambda m: (params.get(m, 0), str(m))
+
+
+# ---------------------------------------------------------------------------------------------
+# Crossover in training time: when, during one (model, U) pair of runs, does the MDM's
+# validation curve go below the AR's? The papers' "crossover timing": it should come later
+# with more unique data (AR overfits later) and earlier with a larger model.
+
+def mean_curve(rows: list[dict]) -> list[tuple[float, float]]:
+  """Seed-averaged validation curve [(tokens_seen, bits/byte)] of runs with one config.
+
+  Only the eval points every run has are kept (seeds of one config evaluate at the same steps).
+  """
+  per_run = [{float(p['tokens_seen']): float(p['val_bits_per_byte']) for p in r['curve']
+              if p.get('tokens_seen') is not None and p.get('val_bits_per_byte') is not None}
+             for r in rows]
+  if not per_run:
+    return []
+  shared = set.intersection(*(set(c) for c in per_run))
+  return [(x, float(np.mean([c[x] for c in per_run]))) for x in sorted(shared)]
+
+
+def curve_crossing(tokens: Iterable[float], d: Iterable[float]) -> dict:
+  """Where d(x) = bpb_AR(x) - bpb_MDM(x), sampled at training tokens x, first becomes > 0.
+
+  Linear in x between the two eval points around the sign change. Returns
+  {"status", "tokens", "first_eval_tokens", "mdm_ahead_at_end", "lead_changes"}: `status` is
+  "crossed" (`tokens` is the interpolated crossing), "mdm_ahead_from_start" (d > 0 already at
+  the first eval point, `first_eval_tokens`: the crossover, if any, came before it),
+  "not_reached" (d <= 0 at every point) or "no_data"; `lead_changes` counts every change of
+  sign of d (a noisy MDM curve may cross back).
+  """
+  pts = sorted(zip(map(float, tokens), map(float, d)))
+  out = {'status': 'no_data', 'tokens': None, 'first_eval_tokens': None,
+         'mdm_ahead_at_end': None, 'lead_changes': 0}
+  if not pts:
+    return out
+  out['first_eval_tokens'] = pts[0][0]
+  ahead = [v > 0 for _, v in pts]
+  out['mdm_ahead_at_end'] = ahead[-1]
+  out['lead_changes'] = sum(a != b for a, b in zip(ahead, ahead[1:]))
+  if ahead[0]:
+    out['status'] = 'mdm_ahead_from_start'
+  elif any(ahead):
+    i = ahead.index(True)
+    (x1, d1), (x2, d2) = pts[i - 1], pts[i]
+    out['status'] = 'crossed'
+    out['tokens'] = x1 + (x2 - x1) * (-d1) / (d2 - d1)
+  else:
+    out['status'] = 'not_reached'
+  return out
+
+
+def training_crossovers(rows: list[dict]) -> list[dict]:
+  """The training-time crossover of every (model, total budget, U) with runs of both objectives.
+
+  Each entry: {"model", "unique_tokens", "train_tokens" (the total budget), "run_epochs",
+  "seeds", "status", "reached", "tokens" (training tokens at the crossover), "epochs"
+  (tokens / U), "fraction" (tokens / train_tokens), "mdm_ahead_at_end", "lead_changes",
+  "main_budget" (the budget the model's trends use)}. Sorted by model size, then U.
+  """
+  out = []
+  for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
+    mrows = [r for r in rows if r['model'] == model]
+    main = _main_budget(mrows)
+    for budget, u in sorted({(r['budget_tokens'], r['unique_tokens']) for r in mrows}):
+      sel = [r for r in mrows if r['budget_tokens'] == budget and r['unique_tokens'] == u]
+      curves = {o: mean_curve([r for r in sel if r['objective'] == o]) for o in OBJECTIVES}
+      if not all(curves.values()):
+        continue
+      ar, mdm = dict(curves['ar']), dict(curves['mdm'])
+      xs = sorted(set(ar) & set(mdm))
+      c = curve_crossing(xs, [ar[x] - mdm[x] for x in xs])
+      c.update(model=model, unique_tokens=u, train_tokens=budget,
+               run_epochs=budget / u if u else None,
+               seeds=min(sum(r['objective'] == o for r in sel) for o in OBJECTIVES),
+               reached=c['status'] in ('crossed', 'mdm_ahead_from_start'),
+               epochs=None if c['tokens'] is None else c['tokens'] / u,
+               fraction=None if c['tokens'] is None else c['tokens'] / budget,
+               main_budget=budget == main)
+      out.append(c)
+  return out
+
+
+def _timing_key(c: dict) -> float:
+  # A crossover not reached within the run comes (if ever) after it: later than any reached one.
+  if c['status'] == 'mdm_ahead_from_start':
+    return 0.0
+  return c['tokens'] if c['tokens'] is not None else math.inf
+
+
+def timing_trends(entries: list[dict], order) -> dict:
+  """Does the training-time crossover come later with more U, and earlier with a larger model?
+
+  `entries` are training_crossovers() rows; `order` sorts model labels by size. Returns
+  {"more_unique_data": {model: verdict}, "larger_model": {"SMALL->LARGE": verdict}} where a
+  verdict is {"answer": "yes" | "no" | "mixed" | "not testable", "detail": str}. "Later" and
+  "earlier" are in training tokens; a crossover not reached by the end of a run counts as later
+  than every reached one, and two unreached ones cannot be ordered.
+  """
+  main = [c for c in entries if c['main_budget']]
+  models = sorted({c['model'] for c in main}, key=order)
+  more_data = {}
+  for model in models:
+    cs = sorted((c for c in main if c['model'] == model), key=lambda c: c['unique_tokens'])
+    more_data[str(model)] = _ordering([(_timing_key(a), _timing_key(b)) for a, b in zip(cs, cs[1:])],
+                                      later_is_yes=True)
+  larger = {}
+  for small, large in zip(models, models[1:]):
+    by_u = {m: {c['unique_tokens']: _timing_key(c) for c in main if c['model'] == m}
+            for m in (small, large)}
+    shared = sorted(set(by_u[small]) & set(by_u[large]))
+    larger[f'{small}->{large}'] = _ordering([(by_u[small][u], by_u[large][u]) for u in shared],
+                                            later_is_yes=False)
+  return {'more_unique_data': more_data, 'larger_model': larger}
+
+
+def _ordering(pairs: list[tuple[float, float]], *, later_is_yes: bool) -> dict:
+  """Verdict on pairs (a, b) of crossover times: is b later (or earlier) than a every time?"""
+  comparable = [(a, b) for a, b in pairs if not (math.isinf(a) and math.isinf(b))]
+  later = sum(b > a for a, b in comparable)
+  earlier = sum(b < a for a, b in comparable)
+  yes, no = (later, earlier) if later_is_yes else (earlier, later)
+  detail = f'{yes} of {len(comparable)} comparable pairs agree, {no} disagree'
+  if not comparable or yes == no == 0:
+    answer = 'not testable'
+  elif no == 0:
+    answer = 'yes'
+  elif yes == 0:
+    answer = 'no'
+  else:
+    answer = 'mixed'
+  return {'answer': answer, 'detail': detail}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +416,22 @@ def _grid_axes(plt, n: int, width: float = 5.0, height: float = 4.0):
   return fig, flat[:n]
 
 
+def _log_scale(ax, which: str, fmt) -> None:
+  """Makes `which` ('x' or 'y') of `ax` a log axis labelled at 1, 2 and 5 x 10^k with
+  `fmt(value)`: matplotlib's default labels every minor tick in scientific notation when the
+  range spans less than a decade, and those labels overlap."""
+  from matplotlib import ticker
+  getattr(ax, f'set_{which}scale')('log')
+  axis = getattr(ax, f'{which}axis')
+  axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: fmt(v)))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _fmt_flops(v) -> str:
+  return f'{v:.0e}'.replace('e+', 'e')
+
+
 def _fmt_tokens(n) -> str:
   n = float(n)
   for scale, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
@@ -283,7 +444,8 @@ def plot_epochs(rows, cross, path) -> None:
   """Final and best bits/byte vs epochs, AR vs MDM, one panel per model size."""
   import matplotlib.pyplot as plt
   models = sorted({r['model'] for r in rows}, key=_model_order(rows))
-  fig, axes = _grid_axes(plt, len(models))
+  # One panel gets the width of two: the title and the legend need it.
+  fig, axes = _grid_axes(plt, len(models), width=7.0 if len(models) == 1 else 5.0)
   for ax, model in zip(axes, models):
     mrows = [r for r in rows if r['model'] == model]
     budgets = sorted({r['budget_tokens'] for r in mrows})
@@ -306,13 +468,16 @@ def plot_epochs(rows, cross, path) -> None:
       ax.axvline(c['epochs'], color='gray', lw=1, ls=':',
                  label=f'crossover (final): {c["epochs"]:.3g} ep')
     if _spans_decades([r['epochs'] for r in mrows]):
-      ax.set_xscale('log')
+      _log_scale(ax, 'x', lambda v: f'{v:g}')
     if len(budgets) == 1 and budgets[0]:
       # At a fixed total budget, epochs and unique tokens are one axis read two ways.
       t = float(budgets[0])
       sec = ax.secondary_xaxis('top', functions=(lambda e, t=t: t / np.maximum(e, 1e-30),
                                                  lambda uu, t=t: t / np.maximum(uu, 1e-30)))
       sec.set_xlabel('unique tokens U (tokens)')
+      if ax.get_xscale() == 'log':
+        from matplotlib import ticker
+        sec.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _fmt_tokens(v)))
       ax.set_title(f'model {model}: {_fmt_tokens(t)} total tokens')
     else:
       ax.set_title(f'model {model}')
@@ -340,8 +505,9 @@ def _finish(plt, fig, title: str, path) -> None:
   plt.close(fig)
 
 
-def plot_curves(rows, path) -> None:
-  """Validation bits/byte vs epoch for every run, one panel per unique budget."""
+def plot_curves(rows, entries, path) -> None:
+  """Validation bits/byte vs epoch for every run, one panel per unique budget, with each
+  model's training-time crossover (`entries`, from training_crossovers) as a vertical line."""
   import matplotlib.pyplot as plt
   budgets = sorted({r['unique_tokens'] for r in rows})
   models = sorted({r['model'] for r in rows}, key=_model_order(rows))
@@ -362,6 +528,12 @@ def plot_curves(rows, path) -> None:
               color=COLORS.get(r['objective'], 'gray'), lw=1.2,
               label=None if label in labelled else label)
       labelled.add(label)
+    for c in entries:
+      if c['unique_tokens'] == u and c['epochs'] is not None:
+        label = f'crossover {c["model"]}: {c["epochs"]:.3g} ep'
+        ax.axvline(c['epochs'], color='gray', lw=1,
+                   ls=styles[models.index(c['model']) % len(styles)], label=label)
+        labelled.add(label)
     if _spans_decades(xs_all) and max(xs_all) / min(x for x in xs_all if x > 0) >= 100:
       ax.set_xscale('log')  # points at epoch 0 drop out of a log axis; the rest stay readable
     _label_panel(ax, u, 'epoch (training tokens seen / U)', labelled)
@@ -400,9 +572,57 @@ def plot_flops(rows, path) -> None:
                 color=color, ms=6, label=None if label in labelled else label + ' (final)')
         labelled.add(label)
     # Compute spans decades across model sizes; log also keeps one scale for every panel.
-    ax.set_xscale('log')
+    _log_scale(ax, 'x', _fmt_flops)
     _label_panel(ax, u, 'training compute (FLOPs)', labelled)
   _finish(plt, fig, 'FLOPs-matched view: validation bits/byte vs training FLOPs, AR vs MDM', path)
+
+
+def plot_training_crossover(rows, entries, path) -> None:
+  """Training tokens (left) and epochs (right) at the training-time crossover vs unique tokens.
+
+  One line per model; a crossover not reached by the end of the run is a hollow triangle at
+  the run's length (the crossover, if any, lies above it).
+  """
+  import matplotlib.pyplot as plt
+  models = sorted({c['model'] for c in entries}, key=_model_order(rows))
+  markers = ['o', 's', '^', 'D', 'v', 'P']
+  fig, (ax_t, ax_e) = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=True)
+  for mi, model in enumerate(models):
+    cs = sorted((c for c in entries if c['model'] == model and c['main_budget']),
+                key=lambda c: c['unique_tokens'])
+    color = f'C{mi}'
+    for ax, key, scale in ((ax_t, 'tokens', lambda c: 1.0), (ax_e, 'epochs',
+                                                              lambda c: 1.0 / c['unique_tokens'])):
+      hit = [(c['unique_tokens'], c[key]) for c in cs if c[key] is not None]
+      miss = [(c['unique_tokens'], c['train_tokens'] * scale(c)) for c in cs if not c['reached']]
+      early = [(c['unique_tokens'], c['first_eval_tokens'] * scale(c)) for c in cs
+               if c['status'] == 'mdm_ahead_from_start' and c['first_eval_tokens'] > 0]
+      if early:
+        ax.plot(*zip(*early), ls='none', marker='v', mfc='none', color=color, ms=9, mew=1.5,
+                label=f'{model}: MDM ahead from the first eval')
+      if hit:
+        ax.plot(*zip(*hit), '-', marker=markers[mi % len(markers)], color=color, ms=7,
+                label=f'{model}: crossover')
+        for x, y in hit:
+          ax.annotate(_fmt_tokens(y) if key == 'tokens' else f'{y:.3g}', (x, y), fontsize=8,
+                      color=color, textcoords='offset points', xytext=(7, 4))
+      if miss:
+        ax.plot(*zip(*miss), ls='none', marker='^', mfc='none', color=color, ms=9, mew=1.5,
+                label=f'{model}: not reached by the end of the run')
+  for ax, what in ((ax_t, 'training tokens at the crossover'),
+                   (ax_e, 'epochs at the crossover')):
+    _log_scale(ax, 'x', _fmt_tokens)
+    _log_scale(ax, 'y', _fmt_tokens if ax is ax_t else (lambda v: f'{v:g}'))
+    ax.margins(x=0.15, y=0.15)
+    ax.set_xlabel('unique tokens U')
+    ax.set_ylabel(what)
+    ax.grid(True, which='both', alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
+  ax_t.set_title('when the MDM curve goes below the AR curve')
+  ax_e.set_title('the same, in passes over U')
+  _finish(plt, fig, 'Crossover in training time: later with more unique data? '
+          'earlier with a larger model?', path)
 
 
 def _save_plot(fn, args, path: pathlib.Path) -> None:
@@ -451,7 +671,43 @@ def _claim_holds(c) -> bool:
   return c['status'] == 'crossed' and c['direction'] == 'mdm_better_below'
 
 
-def _markdown(grid, rows, incomplete, cross, fits, plots) -> str:
+def _timing_status(c) -> str:
+  if c['status'] == 'crossed':
+    return _fmt_tokens(c['tokens'])
+  return {'mdm_ahead_from_start': f'MDM ahead from the first eval '
+                                  f'({_fmt_tokens(c["first_eval_tokens"])})',
+          'not_reached': 'not reached'}.get(c['status'], '-')
+
+
+def _timing_markdown(entries, trends) -> list[str]:
+  lines = ['## Crossover in training time', '',
+           'For each model and unique budget U: the training tokens at which the MDM\'s '
+           'validation curve (seed-averaged) goes below the AR\'s, interpolated linearly between '
+           'eval points; "not reached": AR stays ahead to the end of the run. The papers expect '
+           'it later with more unique data and earlier with a larger model.', '',
+           '| model | U | run: tokens (epochs) | crossover: training tokens | epochs | share of run '
+           '| MDM ahead at end | seeds |',
+           '|---|---:|---:|---:|---:|---:|---|---:|']
+  for c in entries:
+    other = '' if c['main_budget'] else ' (other budget)'
+    # A noisy MDM curve can cross back and forth; say so rather than hide it.
+    changes = f' ({c["lead_changes"]} lead changes)' if c['lead_changes'] > 1 else ''
+    lines.append(
+        f'| {c["model"]}{other} | {_fmt_tokens(c["unique_tokens"])} '
+        f'| {_fmt_tokens(c["train_tokens"])} ({_f(c["run_epochs"], ".4g")}) '
+        f'| {_timing_status(c)} | {_f(c["epochs"], ".3g")} | {_f(c["fraction"], ".0%")} '
+        f'| {"yes" if c["mdm_ahead_at_end"] else "no"}{changes} | {c["seeds"]} |')
+  lines.append('')
+  for model, v in trends['more_unique_data'].items():
+    lines.append(f'- **{model}**: later with more unique data? **{v["answer"]}** '
+                 f'({v["detail"]}).')
+  for pair, v in trends['larger_model'].items():
+    lines.append(f'- **{pair}**: earlier with the larger model? **{v["answer"]}** '
+                 f'({v["detail"]}).')
+  return lines
+
+
+def _markdown(grid, rows, incomplete, cross, fits, plots, timing, trends) -> str:
   total = len(rows) + len(incomplete)
   lines = [f'# Report: grid `{grid.name}`', '',
            f'{getattr(grid, "description", "")}', '',
@@ -488,7 +744,7 @@ def _markdown(grid, rows, incomplete, cross, fits, plots) -> str:
     lines.append(f'- {proto}: MDM overtakes AR as unique data shrinks for '
                  f'{len(held)}/{len(cross)} model sizes'
                  + (f' ({", ".join(map(str, held))}).' if held else '.'))
-  lines += ['', '## Data-constrained scaling law', '',
+  lines += ['', *_timing_markdown(timing, trends), '', '## Data-constrained scaling law', '',
             'L(D\') = E + B / D\'^beta with D\' = U + U R* (1 - exp(-R / R*)), R = epochs - 1 '
             '(Muennighoff et al. 2023), fitted to final bits/byte per objective and model. '
             f'Published R*: about {PUBLISHED_R_STAR["ar"]:g} for AR, about '
@@ -514,7 +770,10 @@ def write_report(grid, out_dir) -> dict:
   """Writes report.md, summary.json and the PNG plots of `grid` into `out_dir`.
 
   Runs are read from `out_dir/runs/<RunSpec.name>/`. Returns the summary:
-  {"grid", "runs": [...], "incomplete": [names], "crossover": {model: {"final", "best"}},
+  {"grid", "runs": [...], "incomplete": [names],
+   "crossover": {model: {"final", "best"}}             (crossover in unique tokens: crossover()),
+   "training_crossover": [entry per (model, U)]        (in training time: training_crossovers()),
+   "training_crossover_trends": {"more_unique_data", "larger_model"}       (timing_trends()),
    "scaling_fit": {model: {objective: fit}}, "plots": [file names]}.
   """
   import matplotlib
@@ -524,6 +783,8 @@ def write_report(grid, out_dir) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   rows, incomplete = collect_runs(grid, out)
   cross = crossovers(rows)
+  timing = training_crossovers(rows)
+  trends = timing_trends(timing, _model_order(rows))
   fits = scaling_fits(rows)
 
   plots = []
@@ -532,7 +793,8 @@ def write_report(grid, out_dir) -> dict:
     plots.append(name)
   if rows:
     for name, fn, args in (('val_bpb_vs_epochs.png', plot_epochs, (rows, cross)),
-                           ('training_curves.png', plot_curves, (rows,)),
+                           ('training_curves.png', plot_curves, (rows, timing)),
+                           ('training_crossover.png', plot_training_crossover, (rows, timing)),
                            ('val_bpb_vs_flops.png', plot_flops, (rows,))):
       _save_plot(fn, args, out / name)
       plots.append(name)
@@ -545,6 +807,8 @@ def write_report(grid, out_dir) -> dict:
       'runs': [{k: r[k] for k in run_keys} for r in rows],
       'incomplete': incomplete,
       'crossover': cross,
+      'training_crossover': timing,
+      'training_crossover_trends': trends,
       'scaling_fit': fits,
       'plots': plots,
   }
@@ -555,7 +819,8 @@ def write_report(grid, out_dir) -> dict:
                      for s, r in zip(summary['runs'], rows)]
   summary['accuracy'] = accuracy_summary(rows)
   write_json_atomic(out / 'summary.json', summary)
-  write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots))
+  write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots, timing,
+                                                   trends))
   return summary
 
 

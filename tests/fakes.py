@@ -1,5 +1,7 @@
-"""Stand-ins shared by the tests: a model with fixed logits, small synthetic corpora, and the
-attention reference the kernel tests compare against."""
+"""Stand-ins shared by the tests: a model with fixed logits, small synthetic corpora,
+synthetic run directories and the attention reference the kernel tests compare against."""
+
+import json
 
 import numpy as np
 import jax.numpy as jnp
@@ -45,3 +47,41 @@ def assert_within(got, want, rel):
   for i, (g, r) in enumerate(zip(got, want)):
     err = float(np.abs(g - r).max())
     assert err <= rel * float(np.abs(r).max()), (i, err, float(np.abs(r).max()))
+
+
+CURVE_STEPS = (2, 4, 6, 8, 10)  # eval steps of a synthetic run given a `curve`, of 10 steps
+
+
+def write_run_dir(rd, objective, unique_tokens, tokens, bpb=None, *, best=None, seed=0,
+                  complete=True, params=1_000_000, curve=None) -> float:
+  """Writes a run directory as training would (eval.jsonl, metrics.jsonl, result.json if
+  `complete`) with hand-chosen numbers; returns its FLOPs. `bpb` is the final validation
+  bits/byte and `best` the best; `curve`, if given, the bits/byte at CURVE_STEPS (its last value
+  is then the final one)."""
+  rd.mkdir(parents=True)
+  epochs = tokens / unique_tokens
+  bpb = curve[-1] if curve is not None else bpb
+  best = bpb if best is None else best
+  steps = 10
+  flops = 6.0 * params * tokens
+  if curve is None:
+    curve = {s: bpb + (best - bpb) * (s == steps // 2) + 1.0 / (1 + s) for s in (0, 2, 5, 10)}
+  else:
+    curve = dict(zip(CURVE_STEPS, curve))
+  evals = [{'step': s, 'tokens_seen': tokens * s // steps, 'epoch': epochs * s / steps,
+            'val_loss': v * 0.7, 'val_loss_stderr': 0.01, 'val_bits_per_byte': v}
+           for s, v in curve.items()]
+  evals[-1].update(val_bits_per_byte=bpb, val_loss=bpb * 0.7)
+  (rd / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
+  (rd / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'loss': 3.0 - 0.1 * s, 'epoch': epochs * s / steps,
+                  'tokens_seen': tokens * s // steps}) + '\n' for s in range(1, steps + 1)))
+  if complete:
+    result = {'objective': objective, 'name': rd.name, 'params': params,
+              'unique_tokens': unique_tokens, 'epochs': epochs, 'train_tokens': tokens,
+              'steps': steps, 'flops': flops, 'val_loss': bpb * 0.7, 'val_loss_stderr': 0.01,
+              'val_bits_per_byte': bpb, 'best_val_loss': best * 0.7,
+              'best_val_bits_per_byte': best, 'best_step': 5, 'seq_len': 32, 'batch_size': 8,
+              'seed': seed, 'wall_s': 1.0}
+    (rd / 'result.json').write_text(json.dumps(result))
+  return flops

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+import fakes
 from experiments import report
 
 T = 10_000_000  # total training tokens of every synthetic comparison
@@ -38,34 +39,13 @@ class FakeGrid:
   configs: tuple = ()
 
 
-def make_run(out, objective, model, u, bpb, best=None, seed=0, tokens=T, complete=True,
-             params=1_000_000):
-  """Writes a run directory; returns its spec. `bpb` is the final bits/byte."""
+def make_run(out, objective, model, u, bpb=None, best=None, seed=0, tokens=T, complete=True,
+             params=1_000_000, curve=None):
+  """Writes a run directory (fakes.write_run_dir); returns its spec."""
   epochs = tokens / u
   name = f'{model}-{objective}-u{u}-s{seed}-t{tokens}'
-  rd = out / 'runs' / name
-  rd.mkdir(parents=True)
-  best = bpb if best is None else best
-  steps = 10
-  flops = 6.0 * params * tokens
-  evals = [{'step': s, 'tokens_seen': tokens * s // steps, 'epoch': epochs * s / steps,
-            'val_loss': 0.0, 'val_loss_stderr': 0.01,
-            'val_bits_per_byte': bpb + (best - bpb) * (s == steps // 2) + 1.0 / (1 + s)}
-           for s in (0, 2, 5, 10)]
-  evals[-1]['val_bits_per_byte'] = bpb
-  for rec in evals:
-    rec['val_loss'] = rec['val_bits_per_byte'] * 0.7
-  (rd / 'eval.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
-  (rd / 'metrics.jsonl').write_text(''.join(
-      json.dumps({'step': s, 'loss': 3.0 - 0.1 * s, 'epoch': epochs * s / steps,
-                  'tokens_seen': tokens * s // steps}) + '\n' for s in range(1, steps + 1)))
-  if complete:
-    result = {'objective': objective, 'name': name, 'params': params, 'unique_tokens': u,
-              'epochs': epochs, 'train_tokens': tokens, 'steps': steps, 'flops': flops,
-              'val_loss': bpb * 0.7, 'val_loss_stderr': 0.01, 'val_bits_per_byte': bpb,
-              'best_val_loss': best * 0.7, 'best_val_bits_per_byte': best, 'best_step': 5,
-              'seq_len': 32, 'batch_size': 8, 'seed': seed, 'wall_s': 1.0}
-    (rd / 'result.json').write_text(json.dumps(result))
+  flops = fakes.write_run_dir(out / 'runs' / name, objective, u, tokens, bpb, best=best,
+                              seed=seed, complete=complete, params=params, curve=curve)
   return FakeSpec(name=name, objective=objective, model=model, unique_tokens=u, epochs=epochs,
                   seed=seed, tokens=tokens, flops=flops)
 
@@ -189,7 +169,7 @@ def test_summary_keys_and_plots_exist(tmp_path):
   on_disk = json.loads((tmp_path / 'summary.json').read_text())
   assert on_disk == json.loads(json.dumps(summary))
   md = (tmp_path / 'report.md').read_text()
-  assert len(summary['plots']) == 3
+  assert len(summary['plots']) == 4
   for name in summary['plots']:
     assert (tmp_path / name).stat().st_size > 0
     assert f']({name})' in md
@@ -207,3 +187,85 @@ def test_a_model_at_several_budgets_is_reported_at_its_fullest_budget(tmp_path):
   assert c['final']['epochs'] == pytest.approx(2 * T / c['final']['unique_tokens'])
   assert c['final']['unique_tokens'] == pytest.approx(math.sqrt(1e5 * 1e6))
   assert [o['final']['status'] for o in c['other_budgets']] == ['mdm_better_everywhere']
+
+
+# ---------------------------------------------------------------------------------------
+# The crossover in training time.
+
+def test_curve_crossing_is_linear_in_tokens_between_eval_points():
+  # d = AR - MDM turns positive between 200 and 300 tokens: 0.1 of the 0.4 rise, a quarter.
+  c = report.curve_crossing([100, 200, 300, 400], [-0.3, -0.1, 0.3, 0.2])
+  assert c['status'] == 'crossed'
+  assert c['tokens'] == pytest.approx(225.0)
+  assert c['mdm_ahead_at_end'] is True and c['lead_changes'] == 1
+
+
+def test_curve_crossing_reports_the_first_crossing_and_counts_lead_changes():
+  c = report.curve_crossing([400, 100, 200, 300], [-0.2, -0.4, 0.1, -0.1])  # unsorted input
+  assert c['tokens'] == pytest.approx(100 + 100 * 0.4 / 0.5)
+  assert c['mdm_ahead_at_end'] is False and c['lead_changes'] == 2
+
+
+def test_curve_crossing_not_reached_and_ahead_from_start():
+  c = report.curve_crossing([1, 2, 3], [-0.1, 0.0, -0.2])  # a tie is not a lead
+  assert (c['status'], c['tokens'], c['lead_changes']) == ('not_reached', None, 0)
+  c = report.curve_crossing([3, 2, 5], [0.1, 0.2, 0.3])
+  assert c['status'] == 'mdm_ahead_from_start' and c['tokens'] is None
+  assert c['first_eval_tokens'] == 2
+  assert report.curve_crossing([], [])['status'] == 'no_data'
+
+
+def test_training_crossover_from_run_directories_averages_seeds(tmp_path):
+  # Evals at 2M, 4M, 6M, 8M, 10M tokens (fakes.CURVE_STEPS of 10). At U=1e5 the AR seeds average to
+  # [3.1, 2.1, 2.3, 2.7, 3.1]; with the MDM's [3.5, 2.6, 2.5, 2.5, 2.4],
+  # d = [-0.4, -0.5, -0.2, 0.2, 0.7]: the MDM goes below at 6M + 2M * 0.2 / 0.4 = 7M tokens,
+  # 70 epochs of U. At U=1e6 AR stays ahead.
+  specs = [
+      make_run(tmp_path, 'ar', 'm1', 100_000, curve=[3.0, 2.0, 2.2, 2.6, 3.0], seed=0),
+      make_run(tmp_path, 'ar', 'm1', 100_000, curve=[3.2, 2.2, 2.4, 2.8, 3.2], seed=1),
+      make_run(tmp_path, 'mdm', 'm1', 100_000, curve=[3.5, 2.6, 2.5, 2.5, 2.4]),
+      make_run(tmp_path, 'ar', 'm1', 1_000_000, curve=[3.0, 2.0, 1.8, 1.7, 1.6]),
+      make_run(tmp_path, 'mdm', 'm1', 1_000_000, curve=[3.5, 2.6, 2.5, 2.4, 2.3]),
+  ]
+  summary = report.write_report(FakeGrid('g', tuple(specs)), tmp_path)
+  small, large = summary['training_crossover']
+  assert (small['model'], small['unique_tokens'], small['seeds']) == ('m1', 100_000, 1)
+  assert small['status'] == 'crossed' and small['reached']
+  assert small['tokens'] == pytest.approx(7e6)
+  assert small['epochs'] == pytest.approx(70.0)
+  assert small['fraction'] == pytest.approx(0.7)
+  assert small['run_epochs'] == pytest.approx(100.0)
+  assert large['status'] == 'not_reached' and not large['reached'] and large['tokens'] is None
+  assert summary['training_crossover_trends']['more_unique_data']['m1']['answer'] == 'yes'
+  md = (tmp_path / 'report.md').read_text()
+  assert '| m1 | 100K | 10M (100) | 7M | 70 | 70% | yes | 1 |' in md
+  assert '| m1 | 1M | 10M (10) | not reached | - | - | no | 1 |' in md
+  assert 'training_crossover.png' in summary['plots']
+
+
+def _entry(model, u, tokens, status='crossed'):
+  return {'model': model, 'unique_tokens': u, 'tokens': tokens, 'status': status,
+          'main_budget': True}
+
+
+def test_timing_trends_later_with_more_data_and_earlier_with_larger_model():
+  order = {'small': 0, 'large': 1}.get
+  entries = [_entry('small', 1e5, 4e6), _entry('small', 1e6, None, 'not_reached'),
+             _entry('large', 1e5, 2e6), _entry('large', 1e6, 6e6)]
+  t = report.timing_trends(entries, order)
+  assert t['more_unique_data']['small']['answer'] == 'yes'  # 4M, then not reached
+  assert t['more_unique_data']['large']['answer'] == 'yes'  # 2M, then 6M
+  # At 1e5: 2M < 4M; at 1e6: 6M < not reached.
+  assert t['larger_model']['small->large']['answer'] == 'yes'
+  # The larger model later at 1e5 and earlier at 1e6: mixed; nothing reached: not testable.
+  entries[2] = _entry('large', 1e5, 5e6)
+  assert report.timing_trends(entries, order)['larger_model']['small->large']['answer'] == 'mixed'
+  none = [_entry(m, u, None, 'not_reached') for m in ('small', 'large') for u in (1e5, 1e6)]
+  t = report.timing_trends(none, order)
+  assert t['more_unique_data']['small']['answer'] == 'not testable'
+  assert t['larger_model']['small->large']['answer'] == 'not testable'
+
+
+def test_timing_trends_say_no_when_the_crossover_comes_earlier_with_more_data():
+  entries = [_entry('m', 1e5, 6e6), _entry('m', 1e6, 3e6)]
+  assert report.timing_trends(entries, str)['more_unique_data']['m']['answer'] == 'no'
