@@ -22,7 +22,9 @@ attention in a head-major layout (`attention.py`); both were measured to matter 
 
 Every parameter carries logical axis names (`LOGICAL_AXES`) as `out_sharding` metadata, and
 `eager_sharding=False` so that building the model never needs a mesh; `dlmjax/sharding.py`
-maps the names onto mesh axes.
+maps the names onto mesh axes. The residual stream, the attention output and the logits are
+pinned by logical names too (`sharding.constrain`, a no-op outside a sharded train step).
+`model.remat` picks what the backward pass keeps of each block (`REMAT`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlmjax import sharding
 from dlmjax.config import ModelConfig
 from dlmjax.model import attention, fused
 
@@ -41,6 +44,23 @@ from dlmjax.model import attention, fused
 # per kv head (G query heads, then k, then v). The size-2 gate/up axis of the fused SwiGLU
 # weight is named None (never sharded), so a shard of 'mlp' holds matching gate and up columns.
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm')
+# The activations' names (sharding.LOGICAL_RULES): rows are data parallel, the residual
+# stream is whole on each device, heads and the vocabulary follow their weights.
+ACT_BxLxD = ('batch', 'length', 'act_embed')
+ACT_BxLxHxDh = ('batch', 'length', 'act_heads', None)
+ACT_BxLxV = ('batch', 'length', 'act_vocab')
+
+# model.remat -> the jax.checkpoint policy applied to each block: what its backward pass
+# keeps rather than recomputes ('none': everything, no checkpoint). Measured on CPU with
+# XLA's memory_analysis in docs/architecture.md ("Memory").
+REMAT = {
+    'none': None,
+    # The outputs of the weight matmuls (q/k/v, attention output, gate/up, down projections;
+    # MaxText's 'minimal'): the recomputation is norms, RoPE, attention and elementwise ops.
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Only the block's input: the whole block runs again in the backward pass.
+    'block': jax.checkpoint_policies.nothing_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +185,7 @@ class Block(nnx.Module):
     o_BxLxHxDh = attention.attend(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL,
                                   causal=causal, backend=cfg.attention,
                                   dropout_rate=cfg.attn_dropout, dropout_rng=rngs[0])
+    o_BxLxHxDh = sharding.constrain(o_BxLxHxDh, ACT_BxLxHxDh)
     a_BxLxD = jnp.einsum('blhk,hkd->bld', o_BxLxHxDh, self.w_o[...].astype(dt))
     x_BxLxD = x_BxLxD + _dropout(a_BxLxD, cfg.resid_dropout, rngs[1])
 
@@ -180,7 +201,7 @@ class Block(nnx.Module):
     else:
       m_BxLxD = fused.swiglu(h_BxLxD.reshape(b * length, -1), w_gate_up_Dx2xF,
                               w_down_FxD).reshape(x_BxLxD.shape)
-    return x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3])
+    return sharding.constrain(x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3]), ACT_BxLxD)
 
 
 class Transformer(nnx.Module):
@@ -204,16 +225,16 @@ class Transformer(nnx.Module):
     """float32 logits BxLxV; dropout (rates in the config) only when `dropout_rng` is given."""
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
-    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
+    x_BxLxD = sharding.constrain(jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt),
+                                 ACT_BxLxD)
     cos_BxLxDh2, sin_BxLxDh2 = rope_tables(positions_BxL, cfg.dh, cfg.rope_theta)
 
     def run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng):
       return block(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, causal=causal,
                    dropout_rng=rng)
 
-    if cfg.remat == 'block':
-      # Keep only each block's input for the backward pass; recompute the rest.
-      run_block = nnx.remat(run_block)
+    if REMAT[cfg.remat] is not None:
+      run_block = nnx.remat(run_block, policy=REMAT[cfg.remat])
     for i, block in enumerate(self.blocks):
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
       x_BxLxD = run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng)
@@ -225,7 +246,7 @@ class Transformer(nnx.Module):
     else:
       logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembed[...].astype(dt),
                                 preferred_element_type=jnp.float32)
-    return logits_BxLxV.astype(jnp.float32)
+    return sharding.constrain(logits_BxLxV.astype(jnp.float32), ACT_BxLxV)
 
 
 def count_params(model: nnx.Module) -> int:

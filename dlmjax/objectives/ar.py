@@ -68,7 +68,8 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   n = n_B.sum()
   value = ce_B.sum() / jnp.maximum(n, 1)
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1)}
+             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1),
+             'loss_weight': n.astype(jnp.float32)}  # objectives.LOSS_WEIGHT
   return value, metrics
 
 

@@ -108,14 +108,17 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   if cfg.mdm.loss_norm == 'token':
     # Every target token of the batch counts once, masked or not: the ELBO per target token.
     value = wce_BxL.sum() / jnp.maximum(n, 1)
+    weight = n
   else:
     # Each row's ELBO per target token, averaged over the rows that have targets (a row of
     # pure padding says nothing and must not dilute the mean).
     per_row_B = wce_BxL.sum(axis=1) / jnp.maximum(n_B, 1)
     has_B = n_B > 0
     value = jnp.where(has_B, per_row_B, 0.0).sum() / jnp.maximum(has_B.sum(), 1)
+    weight = has_B.sum()
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean()}
+             'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean(),
+             'loss_weight': weight.astype(jnp.float32)}  # objectives.LOSS_WEIGHT
   return value, metrics
 
 
