@@ -41,6 +41,7 @@ allocator's fragmentation, so keep 10-20% of a device free.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -50,7 +51,8 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from dlmjax import sharding
-from dlmjax.config import Config
+from dlmjax.config import Config, ModelConfig
+from dlmjax.errors import UserError
 
 # Memory of one device of the accelerators the grids run on (vendor data sheets, bytes).
 DEVICE_BYTES = {
@@ -93,14 +95,21 @@ def abstract_mesh(cfg: Config, num_devices: int) -> AbstractMesh:
                       axis_types=(AxisType.Auto,) * len(sharding.MESH_AXES))
 
 
-def _param_shards(cfg: Config, vocab_size: int, mesh) -> dict:
-  """Pure dict of the parameters' per-device bytes under the rules on `mesh`."""
+@functools.lru_cache(maxsize=32)
+def _abstract_params(model_key: tuple, vocab_size: int) -> tuple[dict, dict]:
+  """(shapes, logical names) of the model's parameters as pure dicts; no array is made."""
   from dlmjax.model.transformer import Transformer  # the model's own shapes and names
 
-  abstract = nnx.eval_shape(lambda: Transformer(cfg.model, vocab_size, rngs=nnx.Rngs(0)))
+  model_cfg = ModelConfig(*model_key)
+  abstract = nnx.eval_shape(lambda: Transformer(model_cfg, vocab_size, rngs=nnx.Rngs(0)))
   state = nnx.state(abstract, nnx.Param)
-  shapes = nnx.to_pure_dict(state)
-  specs = sharding.tree_specs(nnx.to_pure_dict(nnx.get_partition_spec(state)), shapes, mesh)
+  return nnx.to_pure_dict(state), nnx.to_pure_dict(nnx.get_partition_spec(state))
+
+
+def _param_shards(cfg: Config, vocab_size: int, mesh) -> dict:
+  """Pure dict of the parameters' per-device bytes under the rules on `mesh`."""
+  shapes, logical = _abstract_params(dataclasses.astuple(cfg.model), vocab_size)
+  specs = sharding.tree_specs(logical, shapes, mesh)
   return jax.tree.map(lambda a, spec: float(math.prod(sharding.shard_shape(a.shape, spec, mesh))
                                             * np.dtype(a.dtype).itemsize), shapes, specs)
 
@@ -178,6 +187,27 @@ def fewest_microbatches(cfg: Config, vocab_size: int, num_devices: int,
       if estimate(trial, vocab_size, num_devices).total <= budget:
         return micro
   return None
+
+
+def verdict(cfg: Config, vocab_size: int, num_devices: int, budget: float, *,
+            short: bool = False) -> str:
+  """Whether the estimate fits `budget` bytes per device and, if not, what would.
+
+  `short` gives a table cell ('15.31 GB fits', '106.26 GB: train.microbatches=2').
+  """
+  try:
+    sharding.check_batch_divides(cfg.train, abstract_mesh(cfg, num_devices))
+  except UserError as e:
+    return f'error: {e}'
+  total = estimate(cfg, vocab_size, num_devices).total
+  if total <= budget:
+    return (f'{gb(total)} fits' if short else
+            f'fits: {gb(total)} of {gb(budget)} ({100 * (1 - total / budget):.0f}% free)')
+  micro = fewest_microbatches(cfg, vocab_size, num_devices, budget)
+  hint = (f'train.microbatches={micro}' if micro else
+          'no microbatch count fits: more devices, model.remat=block or mesh.tensor')
+  return f'{gb(total)}: {hint}' if short else (
+      f'does NOT fit: {gb(total)} of {gb(budget)}; ' + (f'{hint} fits' if micro else hint))
 
 
 def gb(num_bytes: float) -> str:

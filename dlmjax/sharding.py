@@ -33,7 +33,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from dlmjax.config import DistributedConfig, MeshConfig
+from dlmjax.config import DistributedConfig, MeshConfig, TrainConfig
 from dlmjax.errors import ConfigError, UserError
 
 MESH_AXES = ('data', 'fsdp', 'tensor', 'expert')
@@ -171,6 +171,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def data_parallel_size(mesh: Any) -> int:
   """How many ways the batch's rows are split (the `batch` rule's mesh axes)."""
   return math.prod(mesh.shape[a] for a in LOGICAL_RULES['batch'])
+
+
+def check_batch_divides(train: TrainConfig, mesh: Any) -> None:
+  """Rows of every training (micro)batch split evenly over the data-parallel devices, or a
+  UserError. XLA would otherwise replicate the batch: correct, but every device would
+  compute all of it. (Validation batches are padded with empty rows instead.)"""
+  ways = data_parallel_size(mesh)
+  rows = train.batch_size // train.microbatches
+  if rows % ways:
+    raise UserError(f'train.batch_size={train.batch_size} in train.microbatches='
+                    f'{train.microbatches} gives {rows} rows per microbatch, not divisible by '
+                    f'the {ways} data-parallel devices (mesh {dict(mesh.shape)})')
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

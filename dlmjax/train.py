@@ -124,7 +124,7 @@ class Trainer:
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes, self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    check_batch_fits_mesh(cfg, self.mesh)
+    sharding.check_batch_divides(cfg.train, self.mesh)
 
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
@@ -220,22 +220,6 @@ def compiler_options(cfg: Config, mesh: jax.sharding.Mesh) -> dict | None:
   if cfg.model.remat != 'none' and mesh.devices.flat[0].platform == 'cpu':
     return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
   return None
-
-
-def check_batch_fits_mesh(cfg: Config, mesh: jax.sharding.Mesh) -> None:
-  """Rows of every training (micro)batch split evenly over the data-parallel devices, or a
-  UserError. (Validation batches are padded with empty rows instead: `pipeline.pad_rows`.)
-
-  XLA would otherwise replicate an indivisible batch on every device: correct, but each
-  device would then compute the whole batch.
-  """
-  ways = sharding.data_parallel_size(mesh)
-  rows = cfg.train.batch_size // cfg.train.microbatches
-  where = f'the {ways} data-parallel devices (mesh {dict(mesh.shape)})'
-  if rows % ways:
-    raise UserError(f'train.batch_size={cfg.train.batch_size} in train.microbatches='
-                    f'{cfg.train.microbatches} gives {rows} rows per microbatch, not divisible '
-                    f'by {where}')
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,7 +318,7 @@ def run(cfg: Config) -> dict:
   val_split = budget.val_split(store)
 
   mesh = sharding.make_mesh(cfg.mesh)
-  check_batch_fits_mesh(cfg, mesh)
+  sharding.check_batch_divides(cfg.train, mesh)
   # Each process reads only the rows its devices hold (shard i of n of every global batch).
   shard, num_shards = sharding.process_rows(mesh, cfg.train.batch_size)
   data = pipeline.train_data(
@@ -526,9 +510,9 @@ def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = No
   vocab = cfg.model.vocab_size or tokenizer_lib.planned_vocab_size(cfg.data)
   budget = memory.device_bytes(device)
   label = device or jax.devices()[0].device_kind
+  mesh = memory.abstract_mesh(cfg, num_devices)
+  sharding.check_batch_divides(cfg.train, mesh)
   est = memory.estimate(cfg, vocab, num_devices)
-  mesh = jax.sharding.AbstractMesh(tuple(est.mesh.values()), tuple(est.mesh))
-  check_batch_fits_mesh(cfg, mesh)
   m, t = cfg.model, cfg.train
   lines = [
       f'{cfg.name or "run"}: {cfg.objective}, {flops.num_params(m, vocab) / 1e9:.3g}B params, '
@@ -538,14 +522,7 @@ def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = No
       f'{est.tokens_per_device:,} tokens per device and microbatch',
       'memory per device (estimate; formulas in dlmjax/memory.py):']
   lines += [f'  {name:12s} {memory.gb(value):>10s}' for name, value in est.parts().items()]
-  if est.total <= budget:
-    lines.append(f'fits: {memory.gb(est.total)} of {memory.gb(budget)} '
-                 f'({100 * (1 - est.total / budget):.0f}% free)')
-  else:
-    micro = memory.fewest_microbatches(cfg, vocab, num_devices, budget)
-    hint = (f'train.microbatches={micro} fits' if micro else
-            'no microbatch count fits; use more devices, model.remat=block or mesh.tensor')
-    lines.append(f'does NOT fit: {memory.gb(est.total)} of {memory.gb(budget)}; {hint}')
+  lines.append(memory.verdict(cfg, vocab, num_devices, budget))
   return '\n'.join(lines)
 
 

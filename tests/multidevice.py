@@ -192,6 +192,12 @@ def remat_memory(out: dict) -> None:
     memory_of(f'1x8x1x1-L64-{remat}', trainer, out)
 
 
+def dcn_layout(out: dict) -> None:
+  """Device ids along the data axis of a 2-slice mesh (slice = a block of 4 devices here)."""
+  mesh = sharding.make_mesh(config_lib.MeshConfig(data=1, fsdp=4, dcn_data=2))
+  out['dcn_layout'] = [[d.id for d in row.flat] for row in mesh.devices]
+
+
 def main(path: str, extended: bool) -> None:
   assert jax.device_count() == 8, 'run with XLA_FLAGS=--xla_force_host_platform_device_count=8'
   out = {'equivalence': {}, 'fsdp_bytes': {}, 'reshard': {}, 'memory': {}}
@@ -203,6 +209,7 @@ def main(path: str, extended: bool) -> None:
     if case[0] in MEMORY_FROM:
       memory_of(case[0], trainer, out)
   fsdp_bytes(out)
+  dcn_layout(out)
   if extended:
     remat_memory(out)
   with open(path, 'w') as f:

@@ -72,6 +72,11 @@ def test_per_device_parameter_bytes_shrink_as_fsdp_grows(measured):
     assert v['estimated'] == v['measured']
 
 
+def test_dcn_slices_are_the_outer_blocks_of_the_data_axis(measured):
+  # Only the data-parallel reduction crosses slices: each slice's devices share a data index.
+  assert sorted(map(sorted, measured['dcn_layout'])) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 @pytest.mark.parametrize('target', ['1x4x2x1', '1x2x1x1', 'one-device'])
 def test_checkpoint_restores_onto_another_mesh_and_device_count(measured, target):
   got = measured['reshard'][target]
