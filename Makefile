@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow demo bench clean
+.PHONY: venv test test-slow test-eval demo bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,14 @@ test: venv
 # Tests marked slow (minutes each); none are yet, so pytest's "no tests" (exit 5) is fine here.
 test-slow: venv
 	$(PY) -m pytest -q -m "slow" || test $$? -eq 5
+
+# The lm-eval adapter's test needs the [eval] extra (lm-eval, CPU torch), installed on demand.
+$(VENV)/.installed-eval: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval]'
+	@touch $@
+
+test-eval: $(VENV)/.installed-eval
+	$(PY) -m pytest -q tests/test_lm_eval_adapter.py
 
 demo: venv
 	$(PY) -m dlmjax.demo

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from dlmjax.errors import ConfigError
+from dlmjax.errors import ConfigError, UserError
 
 
 @dataclasses.dataclass
@@ -43,7 +43,9 @@ class ModelConfig:
   init_std: float = 0.02
   dtype: str = 'float32'  # compute dtype: float32 on CPU, bfloat16 on accelerators
   param_dtype: str = 'float32'  # master weights
-  attention: str = 'xla'  # backend in dlmjax/model/attention.py
+  # backend in dlmjax/model/attention.py: auto (per platform, the fastest that passed its
+  # check; xla on CPU) | xla | pallas | cudnn | triton (GPU) | splash (TPU)
+  attention: str = 'auto'
   # Activation rematerialisation in the backward pass (dlmjax/model/transformer.py REMAT):
   # none (keep everything) | dots (keep the weight matmuls' outputs, recompute the rest) |
   # block (keep only each block's input, recompute the block)
@@ -136,6 +138,12 @@ class EvalConfig:
   batch_size: int = 32
   mdm_samples: int = 4  # K Monte Carlo samples of (t, mask) for the diffusion ELBO
   seed: int = 0  # fixed, so the same checkpoint always gives the same number
+  # Multiple-choice tasks scored during training (dlmjax/eval/tasks), e.g. 'code_cloze'.
+  tasks: str = ''  # comma-separated task specs; '' none
+  task_every: int = 4  # tasks run at every N-th validation eval and always at the last
+  task_items: int = 0  # items per task, the first N of its fixed order; 0: all
+  task_estimator: str = 'llada'  # diffusion estimator of log p(continuation | context)
+  task_samples: int = 4  # its Monte Carlo samples per (context, continuation) pair
 
 
 @dataclasses.dataclass
@@ -339,11 +347,15 @@ def load_config(files: list[str] = (), overrides: list[str] = (), *, check: bool
   return cfg
 
 
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+  """A command line's YAML files and its `key=value` overrides, each in their order."""
+  files = [a for a in argv if a.endswith(('.yaml', '.yml')) and '=' not in a]
+  return files, [a for a in argv if a not in files]
+
+
 def parse_args(argv: list[str]) -> Config:
   """Splits a command line into YAML files and `key=value` overrides and loads them."""
-  files = [a for a in argv if a.endswith(('.yaml', '.yml')) and '=' not in a]
-  overrides = [a for a in argv if a not in files]
-  return load_config(files, overrides)
+  return load_config(*split_args(argv))
 
 
 def from_dict(data: dict) -> Config:
@@ -413,6 +425,10 @@ def validate(cfg: Config) -> None:
   _one_of(m.dtype, 'model.dtype', DTYPES)
   _one_of(m.param_dtype, 'model.param_dtype', DTYPES)
   _one_of(m.attention, 'model.attention', attention.BACKENDS)
+  _check(m.attention != 'cudnn' or m.dtype == 'bfloat16', 'model.attention',
+         f'cudnn attention needs model.dtype=bfloat16, not {m.dtype}')
+  _check(m.attn_dropout == 0.0 or m.attention in ('auto', 'xla'), 'model.attn_dropout',
+         f'attention dropout needs model.attention=xla (or auto); {m.attention} has none')
   _one_of(m.remat, 'model.remat', transformer.REMAT)
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
@@ -455,6 +471,7 @@ def validate(cfg: Config) -> None:
   _check(e.val_tokens >= d.seq_len, 'eval.val_tokens', f'must be at least data.seq_len={d.seq_len}')
   _check(e.batch_size > 0, 'eval.batch_size', 'must be positive')
   _check(e.mdm_samples >= 1, 'eval.mdm_samples', 'must be at least 1')
+  _check_tasks(cfg.eval)
   for key in ('data', 'fsdp', 'tensor', 'expert'):
     v = getattr(cfg.mesh, key)
     _check(v == -1 or v >= 1, f'mesh.{key}', 'must be -1 (the rest) or a positive size')
@@ -472,10 +489,27 @@ def validate(cfg: Config) -> None:
          'need every >= 0 and keep >= 1')
 
 
+def _check_tasks(e: EvalConfig) -> None:
+  from dlmjax.eval import tasks  # imported late: the task loaders need the config module
+  from dlmjax.eval.likelihood import ESTIMATORS
+
+  for spec in tasks.split_specs(e.tasks):
+    try:
+      tasks.check_spec(spec)
+    except UserError as err:
+      raise ConfigError(f'config key \'eval.tasks\': {err}') from None
+  _check(e.task_every >= 1, 'eval.task_every', 'must be at least 1')
+  _check(e.task_items >= 0, 'eval.task_items', 'must be >= 0 (0: every item)')
+  _one_of(e.task_estimator, 'eval.task_estimator', ESTIMATORS)
+  _check(e.task_samples >= 1, 'eval.task_samples', 'must be at least 1')
+
+
 # Keys that may change between a run and its resumption without changing what is trained.
-# The mesh and the process set may change on resume: orbax reshards the checkpoint.
+# model.attention too: every backend computes the same function (checked against xla), so a
+# run may resume on another machine with another kernel. The mesh and the process set may
+# change as well: orbax reshards the checkpoint.
 RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'data.prefetch', 'data.cache_dir',
-                  'checkpoint.keep', 'mesh.', 'distributed.')
+                  'checkpoint.keep', 'mesh.', 'model.attention', 'distributed.')
 
 
 def default_run_dir(cfg: Config) -> str:

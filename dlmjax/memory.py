@@ -1,7 +1,7 @@
 """Memory per device of a training step, estimated from the config alone (`--dry-run`).
 
-    est = estimate(cfg, vocab_size, num_devices=64)   # bytes per device, by what holds them
-    est.total
+    est = estimate(cfg, vocab_size, num_devices=64, device='h100')  # bytes per device
+    est.total, est.parts(), verdict(cfg, vocab_size, 64, 'h100')
 
 No device and no compilation is needed, so the papers' presets can be sized for a TPU pod
 or a GPU cluster from any machine. Legend: B global batch rows, M microbatches, L sequence
@@ -29,7 +29,8 @@ parallelism, where the rules split them) h query heads, k kv heads, f MLP column
                 working(dots) = a 2 D + 2 x 4 h L            (the block's attention recomputed)
                 working(block) = all                          (the whole block recomputed)
               The 4 h L terms are attention's f32 L x L probabilities, which only the 'xla'
-              backend materialises (flash-style kernels keep O(1) per row): 0 for the others.
+              backend materialises (flash-style kernels keep O(1) per row): 0 for the others,
+              and for 'auto' on a GPU or TPU (it runs a kernel there; xla on CPU).
 
 The coefficients were read off XLA's buffer assignment (`compiled.memory_analysis()`) of the
 real train step on CPU, as bytes per token and layer while d_model, d_ff, heads and length
@@ -54,16 +55,17 @@ from dlmjax import sharding
 from dlmjax.config import Config, ModelConfig
 from dlmjax.errors import UserError
 
-# Memory of one device of the accelerators the grids run on (vendor data sheets, bytes).
-DEVICE_BYTES = {
-    'h100': 80e9,
-    'h200': 141e9,
-    'a100': 80e9,
-    'b200': 180e9,
-    'v4': 32e9,
-    'v5e': 16e9,
-    'v5p': 95e9,
-    'v6e': 32e9,
+# The accelerators the grids run on: memory per device (vendor data sheets, bytes) and the
+# jax platform, which decides what `model.attention=auto` runs there.
+DEVICES = {
+    'h100': (80e9, 'gpu'),
+    'h200': (141e9, 'gpu'),
+    'a100': (80e9, 'gpu'),
+    'b200': (180e9, 'gpu'),
+    'v4': (32e9, 'tpu'),
+    'v5e': (16e9, 'tpu'),
+    'v5p': (95e9, 'tpu'),
+    'v6e': (32e9, 'tpu'),
 }
 
 
@@ -131,7 +133,20 @@ def _split(n: int, ways: int) -> float:
   return n / ways if ways > 1 and n % ways == 0 else n
 
 
-def activation_bytes_per_token(cfg: Config, vocab_size: int, mesh) -> dict[str, float]:
+def holds_attention_probabilities(cfg: Config, platform: str) -> bool:
+  """Whether the attention backend on `platform` materialises the L x L probabilities: 'xla'
+  does; the registered kernels (flash-style) do not. 'auto' stands for the platform's first
+  kernel (`attention.AUTO_ORDER`: it is used once it passes its start-up check), else xla."""
+  from dlmjax.model import attention
+
+  backend = cfg.model.attention
+  if backend == 'auto':
+    backend = next(iter(attention.AUTO_ORDER.get(platform, [])), 'xla')
+  return backend == 'xla'
+
+
+def activation_bytes_per_token(cfg: Config, vocab_size: int, mesh,
+                               platform: str) -> dict[str, float]:
   """The module docstring's per-token terms for `cfg.model.remat`: saved, working, logits."""
   m = cfg.model
   a = np.dtype(m.dtype).itemsize
@@ -142,21 +157,28 @@ def activation_bytes_per_token(cfg: Config, vocab_size: int, mesh) -> dict[str, 
   f = _split(m.d_ff, t)
   v = _split(vocab_size, t)
   d, dh, length = m.d_model, m.dh, cfg.data.seq_len
-  probs = 4 * h * length if m.attention == 'xla' else 0.0
+  probs = 4 * h * length if holds_attention_probabilities(cfg, platform) else 0.0
   every = a * (6 * d + (3 * h + 2 * k) * dh + 5 * f) + probs
   saved = {'none': every, 'dots': a * (2 * d + (h + 2 * k) * dh + 2 * f), 'block': a * d}
   working = {'none': 0.0, 'dots': a * 2 * d + 2 * probs, 'block': every}
   return {'saved': saved[m.remat], 'working': working[m.remat], 'logits': 3 * 4 * v}
 
 
-def estimate(cfg: Config, vocab_size: int, num_devices: int) -> Estimate:
-  """Bytes per device of a training step of `cfg` on `num_devices` devices (module docstring)."""
+def platform_of(device: str | None) -> str:
+  """The jax platform of a DEVICES kind, or of this machine when None."""
+  return DEVICES[device][1] if device else jax.default_backend()
+
+
+def estimate(cfg: Config, vocab_size: int, num_devices: int,
+             device: str | None = None) -> Estimate:
+  """Bytes per device of a training step of `cfg` on `num_devices` devices of kind `device`
+  (a DEVICES key; None: this machine's kind), by the module docstring's formulas."""
   mesh = abstract_mesh(cfg, num_devices)
   params = param_bytes_per_device(cfg, vocab_size, mesh)
   p = np.dtype(cfg.model.param_dtype).itemsize
   micro = cfg.train.microbatches
   tokens = cfg.train.batch_size / micro / sharding.data_parallel_size(mesh) * cfg.data.seq_len
-  per_token = activation_bytes_per_token(cfg, vocab_size, mesh)
+  per_token = activation_bytes_per_token(cfg, vocab_size, mesh, platform_of(device))
   activations = tokens * (cfg.model.n_layers * per_token['saved'] + per_token['working']
                           + per_token['logits'])
   fsdp = 3 * _gathered_layer_bytes(cfg, vocab_size, mesh) if mesh.shape['fsdp'] > 1 else 0.0
@@ -166,10 +188,10 @@ def estimate(cfg: Config, vocab_size: int, num_devices: int) -> Estimate:
       activations=activations)
 
 
-def device_bytes(kind: str | None = None) -> float:
-  """Memory of one device of `kind` (a DEVICE_BYTES key), else of this machine's first device."""
-  if kind:
-    return DEVICE_BYTES[kind]
+def device_bytes(device: str | None = None) -> float:
+  """Memory of one device of kind `device` (a DEVICES key), else of this machine's first."""
+  if device:
+    return DEVICES[device][0]
   stats = jax.devices()[0].memory_stats() or {}
   if 'bytes_limit' in stats:
     return float(stats['bytes_limit'])
@@ -178,20 +200,21 @@ def device_bytes(kind: str | None = None) -> float:
 
 
 def fewest_microbatches(cfg: Config, vocab_size: int, num_devices: int,
-                        budget: float) -> int | None:
-  """The smallest train.microbatches whose estimate fits `budget` bytes, or None."""
+                        device: str | None = None) -> int | None:
+  """The smallest train.microbatches whose estimate fits the device's memory, or None."""
+  budget = device_bytes(device)
   rows = cfg.train.batch_size // sharding.data_parallel_size(abstract_mesh(cfg, num_devices))
   for micro in range(1, rows + 1):
     if rows % micro == 0:
       trial = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=micro))
-      if estimate(trial, vocab_size, num_devices).total <= budget:
+      if estimate(trial, vocab_size, num_devices, device).total <= budget:
         return micro
   return None
 
 
-def verdict(cfg: Config, vocab_size: int, num_devices: int, budget: float, *,
+def verdict(cfg: Config, vocab_size: int, num_devices: int, device: str | None = None, *,
             short: bool = False) -> str:
-  """Whether the estimate fits `budget` bytes per device and, if not, what would.
+  """Whether the estimate fits a device's memory and, if not, what would.
 
   `short` gives a table cell ('15.31 GB fits', '106.26 GB: train.microbatches=2').
   """
@@ -199,11 +222,12 @@ def verdict(cfg: Config, vocab_size: int, num_devices: int, budget: float, *,
     sharding.check_batch_divides(cfg.train, abstract_mesh(cfg, num_devices))
   except UserError as e:
     return f'error: {e}'
-  total = estimate(cfg, vocab_size, num_devices).total
+  budget = device_bytes(device)
+  total = estimate(cfg, vocab_size, num_devices, device).total
   if total <= budget:
     return (f'{gb(total)} fits' if short else
             f'fits: {gb(total)} of {gb(budget)} ({100 * (1 - total / budget):.0f}% free)')
-  micro = fewest_microbatches(cfg, vocab_size, num_devices, budget)
+  micro = fewest_microbatches(cfg, vocab_size, num_devices, device)
   hint = (f'train.microbatches={micro}' if micro else
           'no microbatch count fits: more devices, model.remat=block or mesh.tensor')
   return f'{gb(total)}: {hint}' if short else (

@@ -41,11 +41,14 @@ class StepProgress:
       self._bar = None
 
   def update(self, step: int, metrics: dict) -> None:
-    info = f'loss {metrics["loss"]:.4f}  {metrics.get("tokens_per_s", 0):,.0f} tok/s'
+    self.set(step, f'loss {metrics["loss"]:.4f}  {metrics.get("tokens_per_s", 0):,.0f} tok/s')
+
+  def set(self, done: int, info: str = '') -> None:
+    """Moves the bar to `done` of `total` (a plain line per call when not on a terminal)."""
     if self._bar is not None:
-      self._bar.update(self._task, completed=step, info=info)
+      self._bar.update(self._task, completed=done, info=info)
     elif self.enabled:
-      print(f'step {step}/{self.total}  {info}', flush=True)
+      print(f'step {done}/{self.total}  {info}', flush=True)
 
   def note(self, text: str) -> None:
     if self._bar is not None:

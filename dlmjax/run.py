@@ -72,7 +72,11 @@ class Run:
 
   def model(self) -> nnx.Module:
     """The NNX module with this checkpoint's parameters."""
-    return merge_params(self._graphdef, self._abstract, self.params)
+    return self.model_fn(self.params)
+
+  def model_fn(self, params: dict) -> nnx.Module:
+    """The NNX module with `params` (a pure dict shaped like `.params`), in or out of jit."""
+    return merge_params(self._graphdef, self._abstract, params)
 
   @functools.cached_property
   def _logits_fn(self):

@@ -49,6 +49,7 @@ from dlmjax.config import Config
 from dlmjax.data import budget, pipeline, store as store_lib, tokenizer as tokenizer_lib
 from dlmjax.errors import UserError, exit_on_user_error
 from dlmjax.eval import likelihood
+from dlmjax.eval import tasks as tasks_lib
 from dlmjax.model.transformer import Transformer
 from dlmjax.progress import StepProgress
 from dlmjax.rundir import (RunDir, append_jsonl, training_evals, truncate_jsonl,
@@ -234,6 +235,14 @@ def eval_steps(cfg: Config, num_steps: int) -> set[int]:
   return {p for p in points if p > 0} | {num_steps}
 
 
+def task_steps(cfg: Config, evals_at: set[int]) -> set[int]:
+  """The validation steps that also score `eval.tasks`: every task_every-th, and the last."""
+  if not tasks_lib.split_specs(cfg.eval.tasks):
+    return set()
+  ordered = sorted(evals_at)
+  return set(ordered[cfg.eval.task_every - 1::cfg.eval.task_every]) | {ordered[-1]}
+
+
 def tokens_seen(data: pipeline.TrainData, step: int) -> int:
   """Training tokens (padding excluded) in the first `step` global batches."""
   return min(step * data.tokens_per_batch, data.total_tokens)
@@ -372,6 +381,12 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   val_bytes = likelihood.target_bytes(val_batches, tokenizer.token_bytes())
   val_device = [sharding.batch_from_full(b, mesh) for b in val_batches]
   nll_fn = likelihood.make_nll_fn(trainer.graphdef, trainer.abstract_params_state, cfg)
+  evals_at = eval_steps(cfg, num_steps)
+  tasks_at = task_steps(cfg, evals_at)
+  suite = None
+  if tasks_at:
+    suite = tasks_lib.TaskSuite(tasks_lib.split_specs(cfg.eval.tasks), cfg, tokenizer,
+                                trainer.model, causal=trainer.objective.causal)
 
   def run_eval(step: int) -> dict:
     res = likelihood.evaluate(nll_fn, state['params'], val_device, causal=trainer.objective.causal,
@@ -379,11 +394,14 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
                               num_bytes=val_bytes)
     rec = {'step': step, 'tokens_seen': tokens_seen(data, step),
            'epoch': data.epoch_of_step(step), **res}
+    if step in tasks_at:
+      t0 = time.time()
+      rec['tasks'] = suite(state['params'])
+      rec['tasks_s'] = time.time() - t0
     if jax.process_index() == 0:
       append_jsonl(rd.evals, rec)
     return rec
 
-  evals_at = eval_steps(cfg, num_steps)
   ckpt_every = cfg.checkpoint.every
   stop = StopRequest()
 
@@ -455,7 +473,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         t_eval = time.time()
         ev = run_eval(step)
         progress.note(f'step {step}: val {ev["val_loss"]:.4f} nats/token, '
-                      f'{ev["val_bits_per_byte"]:.4f} bits/byte')
+                      f'{ev["val_bits_per_byte"]:.4f} bits/byte'
+                      + ''.join(f', {name} acc {m["acc"]:.3f} (norm {m["acc_norm"]:.3f})'
+                                for name, m in ev.get('tasks', {}).items()))
         window_t += time.time() - t_eval  # eval time is not training throughput
         if not ckpt_every:
           save(step, last_metrics)
@@ -496,6 +516,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       'seed': cfg.seed,
       'wall_s': wall_before + time.time() - t_start,
   }
+  with_tasks = [r for r in evals if 'tasks' in r]
+  if with_tasks:
+    result['tasks'] = with_tasks[-1]['tasks']  # at the last step (task_steps includes it)
   if jax.process_index() == 0:
     write_json_atomic(rd.result, result)
   _log(f'{rd.path}: done. val {final["val_loss"]:.4f} nats/token '
@@ -512,7 +535,7 @@ def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = No
   label = device or jax.devices()[0].device_kind
   mesh = memory.abstract_mesh(cfg, num_devices)
   sharding.check_batch_divides(cfg.train, mesh)
-  est = memory.estimate(cfg, vocab, num_devices)
+  est = memory.estimate(cfg, vocab, num_devices, device)
   m, t = cfg.model, cfg.train
   lines = [
       f'{cfg.name or "run"}: {cfg.objective}, {flops.num_params(m, vocab) / 1e9:.3g}B params, '
@@ -522,7 +545,7 @@ def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = No
       f'{est.tokens_per_device:,} tokens per device and microbatch',
       'memory per device (estimate; formulas in dlmjax/memory.py):']
   lines += [f'  {name:12s} {memory.gb(value):>10s}' for name, value in est.parts().items()]
-  lines.append(memory.verdict(cfg, vocab, num_devices, budget))
+  lines.append(memory.verdict(cfg, vocab, num_devices, device))
   return '\n'.join(lines)
 
 
@@ -533,12 +556,12 @@ def _split_flags(argv: list[str]) -> tuple[dict, list[str]]:
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument('--dry-run', action='store_true')
   parser.add_argument('--devices', type=int)
-  parser.add_argument('--device', choices=sorted(memory.DEVICE_BYTES))
+  parser.add_argument('--device', choices=sorted(memory.DEVICES))
   try:
     flags, rest = parser.parse_known_args(argv)
   except SystemExit:
     raise UserError(f'bad flags in {" ".join(argv)}; --devices takes a number, --device one of '
-                    f'{", ".join(sorted(memory.DEVICE_BYTES))}') from None
+                    f'{", ".join(sorted(memory.DEVICES))}') from None
   if (flags.devices or flags.device) and not flags.dry_run:
     raise UserError('--devices and --device only go with --dry-run')
   return vars(flags), rest

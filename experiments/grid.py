@@ -300,7 +300,7 @@ def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[
     params = flops_lib.num_params(cfg.model, vocab)
     total = flops_lib.train_flops_per_token(cfg.model, vocab, cfg.data.seq_len) * tokens
     rows.append((run.name, f'{params / 1e6:,.2f}M', f'{tokens:,}', f'{total:.3g}',
-                 memory.verdict(cfg, vocab, devices, budget, short=True), str(rdir)))
+                 memory.verdict(cfg, vocab, devices, device, short=True), str(rdir)))
   _table(f'{grid.name}: dry run (nothing is trained); memory per device on {where}',
          ('run', 'params', 'tokens', 'FLOPs', 'memory/device', 'run dir'), rows)
   print(f'{len(runs) - errors} of {len(runs)} runs resolve'
@@ -458,9 +458,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   if (args.devices or args.device) and not args.dry_run:
     raise UserError('--devices and --device go with run --dry-run')
   if args.device:
-    from dlmjax.memory import DEVICE_BYTES
-    if args.device not in DEVICE_BYTES:
-      raise UserError(f'--device {args.device!r} is not one of {", ".join(sorted(DEVICE_BYTES))}')
+    from dlmjax.memory import DEVICES
+    if args.device not in DEVICES:
+      raise UserError(f'--device {args.device!r} is not one of {", ".join(sorted(DEVICES))}')
   return args
 
 

@@ -72,6 +72,7 @@ def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
         'seed': res.get('seed', spec.seed),
         'budget_tokens': spec.tokens,
         'curve': curve,
+        'tasks': res.get('tasks') or {},  # final multiple-choice metrics (eval.tasks)
     })
   return rows, incomplete
 
@@ -502,6 +503,7 @@ def _markdown(grid, rows, incomplete, cross, fits, plots) -> str:
       else:
         lines.append(f'| {model} | {obj} | {fit["E"]:.4g} | {fit["B"]:.4g} | {fit["beta"]:.4g} '
                      f'| {fit["R_star"]:.4g} | {fit["rmse"]:.3g} | {fit["points"]} |')
+  lines += _accuracy_markdown(rows)
   lines += ['', '## Plots', '']
   for p in plots:
     lines += [f'![{p}]({p})', '']
@@ -525,6 +527,9 @@ def write_report(grid, out_dir) -> dict:
   fits = scaling_fits(rows)
 
   plots = []
+  for name, fn, args in accuracy_plots(rows):
+    _save_plot(fn, args, out / name)
+    plots.append(name)
   if rows:
     for name, fn, args in (('val_bpb_vs_epochs.png', plot_epochs, (rows, cross)),
                            ('training_curves.png', plot_curves, (rows,)),
@@ -546,6 +551,220 @@ def write_report(grid, out_dir) -> dict:
   # JSON keys must be strings; budgets key nothing, so only model labels need it.
   summary['crossover'] = {str(k): v for k, v in cross.items()}
   summary['scaling_fit'] = {str(k): v for k, v in fits.items()}
+  summary['runs'] = [dict(s, tasks=r['tasks']) if r['tasks'] else s
+                     for s, r in zip(summary['runs'], rows)]
+  summary['accuracy'] = accuracy_summary(rows)
   write_json_atomic(out / 'summary.json', summary)
   write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots))
   return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Downstream accuracy (runs trained with eval.tasks, e.g. the code cloze)
+#
+# Each run's result.json carries the final task metrics and its eval.jsonl records carry them
+# at the task evaluation steps. The crossover on accuracy uses d(U) = acc_MDM - acc_AR, which,
+# like bpb_AR - bpb_MDM, is positive where the MDM is better, so `crossover` reads it alike.
+# The papers' claim "validation loss rises while accuracy improves" is tested on each
+# objective's many-epoch runs: from the step of best validation loss to the end of training.
+
+def task_names(rows) -> list[str]:
+  return sorted({t for r in rows for t in r['tasks']})
+
+
+def _task_curve(run: dict, task: str) -> list[dict]:
+  return [{'step': p['step'], 'epoch': p.get('epoch'), 'bpb': p.get('val_bits_per_byte'),
+           **p['tasks'][task]} for p in run['curve'] if task in p.get('tasks', {})]
+
+
+def accuracy_crossovers(rows, task: str) -> dict:
+  """{model: crossover of acc_MDM - acc_AR over U} at each model's main total budget."""
+  out = {}
+  for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
+    mrows = [dict(r, acc=r['tasks'][task]['acc']) for r in rows
+             if r['model'] == model and task in r['tasks']]
+    budgets = {r['budget_tokens'] for r in mrows}
+    best = None
+    for budget in sorted(budgets):
+      means = _mean_by([r for r in mrows if r['budget_tokens'] == budget],
+                       lambda r: (r['objective'], r['unique_tokens']), 'acc')
+      us = sorted({u for (o, u) in means if o == 'ar'} & {u for (o, u) in means if o == 'mdm'})
+      c = crossover(us, [means['mdm', u] - means['ar', u] for u in us], budget)
+      c['train_tokens'] = budget
+      if best is None or len(c['points']) >= len(best['points']):
+        best = c
+    if best is not None:
+      out[model] = best
+  return out
+
+
+def many_epoch_runs(rows, task: str) -> list[dict]:
+  """Per model and objective, the runs with the most epochs that have a task curve."""
+  out = []
+  for key in sorted({(str(r['model']), r['objective']) for r in rows}):
+    sel = [r for r in rows if (str(r['model']), r['objective']) == key
+           and len(_task_curve(r, task)) >= 2]
+    if sel:
+      top = max(r['epochs'] for r in sel)
+      out += sorted((r for r in sel if r['epochs'] == top), key=lambda r: r['seed'])
+  return out
+
+
+def rising_loss_check(run: dict, task: str) -> dict | None:
+  """From the task evaluation nearest the best validation loss to the last one: how
+  validation bits/byte, accuracy and delta NLL moved (None without two task points)."""
+  curve = [p for p in _task_curve(run, task) if p['bpb'] is not None]
+  if len(curve) < 2:
+    return None
+  best = min(curve, key=lambda p: p['bpb'])
+  last = curve[-1]
+  d_acc = last['acc'] - best['acc']
+  se = math.hypot(best.get('acc_stderr', 0.0), last.get('acc_stderr', 0.0))
+  return {'run': run['name'], 'objective': run['objective'], 'model': run['model'],
+          'epochs': run['epochs'], 'best_step': best['step'], 'last_step': last['step'],
+          'bpb_best': best['bpb'], 'bpb_last': last['bpb'], 'acc_best': best['acc'],
+          'acc_last': last['acc'], 'acc_change_se': d_acc / se if se else None,
+          'delta_nll_best': best['delta_nll'], 'delta_nll_last': last['delta_nll'],
+          'loss_rose': last['bpb'] > best['bpb'], 'acc_improved': d_acc > 0}
+
+
+def accuracy_summary(rows) -> dict:
+  out = {}
+  for task in task_names(rows):
+    checks = [c for c in (rising_loss_check(r, task) for r in many_epoch_runs(rows, task)) if c]
+    out[task] = {'crossover': {str(k): v for k, v in accuracy_crossovers(rows, task).items()},
+                 'rising_val_loss': checks}
+  return out
+
+
+def plot_accuracy(rows, task: str, cross: dict, path) -> None:
+  """Final accuracy vs epochs per model, AR vs MDM, with the chance level."""
+  import matplotlib.pyplot as plt
+  models = sorted({r['model'] for r in rows if task in r['tasks']}, key=_model_order(rows))
+  fig, axes = _grid_axes(plt, len(models))
+  for ax, model in zip(axes, models):
+    mrows = [r for r in rows if r['model'] == model and task in r['tasks']]
+    for obj in OBJECTIVES:
+      orows = [dict(r, acc=r['tasks'][task]['acc'], se=r['tasks'][task].get('acc_stderr', 0.0))
+               for r in mrows if r['objective'] == obj]
+      if not orows:
+        continue
+      acc = _mean_by(orows, lambda r: r['epochs'], 'acc')
+      se = _mean_by(orows, lambda r: r['epochs'], 'se')
+      xs = sorted(acc)
+      ax.errorbar(xs, [acc[x] for x in xs], yerr=[se[x] for x in xs], marker='o',
+                  color=COLORS[obj], capsize=3, label=f'{LABELS[obj]} final')
+    ax.axhline(float(np.mean([r['tasks'][task]['chance'] for r in mrows])), color='gray',
+               ls='--', lw=1, label='chance')
+    c = cross.get(model, {})
+    if c.get('epochs'):
+      ax.axvline(c['epochs'], color='gray', lw=1, ls=':',
+                 label=f'crossover (accuracy): {c["epochs"]:.3g} ep')
+    if _spans_decades([r['epochs'] for r in mrows]):
+      ax.set_xscale('log')
+    ax.set_title(f'model {model}')
+    ax.set_xlabel('epochs (passes over the unique tokens)')
+    ax.set_ylabel(f'{task} accuracy')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+  _finish(plt, fig, f'{task}: final accuracy vs epochs, AR vs MDM (bars: 1 standard error)', path)
+
+
+def plot_loss_and_accuracy(rows, task: str, path) -> None:
+  """Many-epoch runs over training: validation bits/byte, accuracy and delta NLL vs epoch."""
+  import matplotlib.pyplot as plt
+  runs = many_epoch_runs(rows, task)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4), squeeze=False)
+  labelled = set()
+  for r in runs:
+    curve = _task_curve(r, task)
+    label = f'{LABELS.get(r["objective"], r["objective"])} {r["model"]}, {r["epochs"]:.4g} ep'
+    style = dict(color=COLORS.get(r['objective'], 'gray'), lw=1.2, marker='.',
+                 label=None if label in labelled else label)
+    labelled.add(label)
+    val = [(p['epoch'], p['val_bits_per_byte']) for p in r['curve']
+           if p.get('epoch') is not None and p.get('val_bits_per_byte') is not None]
+    if val:
+      axes[0][0].plot(*zip(*val), **style)
+    axes[0][1].plot([p['epoch'] for p in curve], [p['acc'] for p in curve], **style)
+    axes[0][2].plot([p['epoch'] for p in curve], [p['delta_nll'] for p in curve], **style)
+  if runs:
+    axes[0][1].axhline(runs[0]['tasks'].get(task, {}).get('chance', 0.25), color='gray', ls='--',
+                       lw=1, label='chance')
+  for ax, ylabel in zip(axes[0], ('validation bits/byte', f'{task} accuracy',
+                                  f'{task} delta NLL (alternatives - true, nats)')):
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+  _finish(plt, fig, f'Many-epoch runs over training: validation loss, {task} accuracy and '
+          'delta NLL', path)
+
+
+def accuracy_plots(rows) -> list[tuple]:
+  plots = []
+  for task in task_names(rows):
+    cross = accuracy_crossovers(rows, task)
+    plots.append((f'{task}_acc_vs_epochs.png', plot_accuracy, (rows, task, cross)))
+    if many_epoch_runs(rows, task):
+      plots.append((f'{task}_loss_and_acc_over_training.png', plot_loss_and_accuracy,
+                    (rows, task)))
+  return plots
+
+
+def _accuracy_sentence(model, c) -> str:
+  if c['status'] == 'crossed':
+    side = ('MDM more accurate below it, AR above' if c['direction'] == 'mdm_better_below'
+            else 'AR more accurate below it, MDM above')
+    ep = f' = {c["epochs"]:.3g} epochs' if c.get('epochs') else ''
+    return (f'- **{model}**: crossover on accuracy at U = {_fmt_tokens(c["unique_tokens"])} '
+            f'unique tokens{ep}; {side}.')
+  what = {'mdm_better_everywhere': 'MDM more accurate at every U',
+          'ar_better_everywhere': 'AR more accurate at every U',
+          'tie': 'AR and MDM tie at every U'}.get(c['status'])
+  if what is None:
+    return f'- **{model}**: no unique budget has task results for both objectives.'
+  span = (f' over U = {_fmt_tokens(c["range"][0])} .. {_fmt_tokens(c["range"][1])}'
+          if c.get('range') else '')
+  return f'- **{model}**: no crossover on accuracy{span}: {what}.'
+
+
+def _accuracy_markdown(rows) -> list[str]:
+  lines = []
+  for task in task_names(rows):
+    trows = [r for r in rows if task in r['tasks']]
+    chance = float(np.mean([r['tasks'][task]['chance'] for r in trows]))
+    lines += ['', f'## Downstream accuracy: `{task}`', '',
+              f'Final multiple-choice accuracy (chance {chance:.0%}; +- one standard error over '
+              'items), and delta NLL = mean NLL of the wrong choices - NLL of the right one '
+              '(nats; larger: the right choice stands out more). MDM scores use the estimator '
+              'named, with K samples per choice.', '',
+              '| run | objective | unique tokens | epochs | acc | acc_norm | delta NLL | items '
+              '| estimator |', '|---|---|---:|---:|---:|---:|---:|---:|---|']
+    for r in trows:
+      m = r['tasks'][task]
+      z = (m['acc'] - m['chance']) / m['acc_stderr'] if m.get('acc_stderr') else float('nan')
+      lines.append(f'| `{r["name"]}` | {r["objective"]} | {_fmt_tokens(r["unique_tokens"])} '
+                   f'| {r["epochs"]:.4g} | {m["acc"]:.3f} +- {m.get("acc_stderr", 0):.3f} '
+                   f'({z:+.1f} SE vs chance) | {m["acc_norm"]:.3f} | {m["delta_nll"]:.3f} '
+                   f'| {m["items"]} | {m.get("estimator", "-")} (K={m.get("samples", "-")}) |')
+    lines += ['', 'Crossover on accuracy (d(U) = acc_MDM - acc_AR, seed-averaged, linear in '
+              'log U; compare with the bits/byte crossover above):', '']
+    lines += [_accuracy_sentence(model, c) for model, c in accuracy_crossovers(rows, task).items()]
+    checks = [c for c in (rising_loss_check(r, task) for r in many_epoch_runs(rows, task)) if c]
+    if checks:
+      lines += ['', '"Rising validation loss, improving accuracy" on the many-epoch runs, from '
+                'the task evaluation nearest the best validation loss to the last one:', '',
+                '| run | val bits/byte best -> last | acc best -> last (change in SE) '
+                '| delta NLL best -> last |', '|---|---|---|---|']
+      for c in checks:
+        z = f'{c["acc_change_se"]:+.1f}' if c['acc_change_se'] is not None else '-'
+        lines.append(f'| `{c["run"]}` | {c["bpb_best"]:.3f} -> {c["bpb_last"]:.3f} '
+                     f'| {c["acc_best"]:.3f} -> {c["acc_last"]:.3f} ({z}) '
+                     f'| {c["delta_nll_best"]:.3f} -> {c["delta_nll_last"]:.3f} |')
+      both = [c['run'] for c in checks if c['loss_rose'] and c['acc_improved']]
+      rose = [c['run'] for c in checks if c['loss_rose']]
+      lines += ['', f'- Validation loss rose after its best point in {len(rose)}/{len(checks)} '
+                f'many-epoch runs; accuracy still improved in {len(both)} of those'
+                + (f' ({", ".join(f"`{b}`" for b in both)}).' if both else '.')]
+  return lines

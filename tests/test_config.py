@@ -44,10 +44,13 @@ def test_later_files_and_overrides_win(tmp_path):
     ('model.n_heads=3', "'model.n_heads'"),
     ('data.epochs=0', "'data.epochs'"),
     ('model=3', "'model'"),
+    ('model.attention=flash', "'model.attention'"),
+    ('model.attention=cudnn', "'model.attention'"),  # needs bfloat16
+    ('model.attn_dropout=0.1 model.attention=pallas', "'model.attn_dropout'"),
 ])
 def test_bad_key_or_value_names_the_key(arg, key):
   with pytest.raises(ConfigError) as e:
-    config_lib.load_config([], [arg])
+    config_lib.load_config([], arg.split())
   assert key in str(e.value)
   assert '\n' not in str(e.value)
 

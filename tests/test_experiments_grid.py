@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
          'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=5000', 'data.epochs=1',
          'eval.val_tokens=1024', 'eval.num_evals=1', 'eval.batch_size=8', 'eval.mdm_samples=2',
-         'train.log_every=5']
+         'eval.tasks=', 'train.log_every=5']
 
 
 def grid_cmd(*args):

@@ -5,7 +5,6 @@ save what XLA's buffer assignment says they save on CPU.
 (The estimate against XLA on 8 forced devices: tests/test_multidevice.py.)
 """
 
-import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -30,16 +29,19 @@ def paper(model='8b', *overrides):
                                              (16, 'v5p')])
 def test_the_8b_preset_fits_with_the_default_rules(devices, device):
   cfg = paper()
-  est = memory.estimate(cfg, VOCAB, devices)
+  est = memory.estimate(cfg, VOCAB, devices, device)
   assert est.mesh['fsdp'] == devices  # FSDP over every device by default
-  assert est.total < 0.8 * memory.DEVICE_BYTES[device]  # a 20% margin for what is not counted
-  assert 'fits' in memory.verdict(cfg, VOCAB, devices, memory.DEVICE_BYTES[device])
+  assert est.total < 0.8 * memory.device_bytes(device)  # a 20% margin for what is not counted
+  assert memory.verdict(cfg, VOCAB, devices, device).startswith('fits')
+  # Even with attention's L x L probabilities held (the xla backend, e.g. kernels failing).
+  xla = paper('8b', 'model.attention=xla')
+  assert memory.estimate(xla, VOCAB, devices, device).total < memory.device_bytes(device)
 
 
 def test_on_one_gpu_node_the_dry_run_names_the_microbatches_that_fit():
-  text = memory.verdict(paper(), VOCAB, 8, memory.DEVICE_BYTES['h100'])
+  text = memory.verdict(paper(), VOCAB, 8, 'h100')
   assert text.startswith('does NOT fit') and 'train.microbatches=2 fits' in text
-  assert memory.estimate(paper('8b', 'train.microbatches=2'), VOCAB, 8).total < 80e9
+  assert memory.estimate(paper('8b', 'train.microbatches=2'), VOCAB, 8, 'h100').total < 80e9
 
 
 def test_parameter_bytes_on_one_device_are_the_parameter_count():
@@ -51,25 +53,29 @@ def test_parameter_bytes_on_one_device_are_the_parameter_count():
 
 
 def test_each_term_scales_as_its_formula_says():
-  cfg = paper('1b')
+  cfg = paper('1b', 'model.attention=xla')
   base = memory.estimate(cfg, VOCAB, 16)
   # Twice the FSDP devices: half the state (norm scales aside) and half the tokens per device.
   wide = memory.estimate(cfg, VOCAB, 32)
   assert wide.params == pytest.approx(base.params / 2, rel=1e-3)
   assert wide.activations == pytest.approx(base.activations / 2)
   # Two microbatches: half the activations, plus an f32 gradient accumulator.
-  micro = memory.estimate(paper('1b', 'train.microbatches=2'), VOCAB, 16)
+  micro = memory.estimate(paper('1b', 'model.attention=xla', 'train.microbatches=2'), VOCAB, 16)
   assert micro.activations == pytest.approx(base.activations / 2)
   assert micro.gradients == 2 * base.gradients
   # Remat: block < dots < none.
-  acts = {r: memory.estimate(paper('1b', f'model.remat={r}'), VOCAB, 16).activations
+  acts = {r: memory.estimate(paper('1b', 'model.attention=xla', f'model.remat={r}'), VOCAB,
+                             16).activations
           for r in ('none', 'dots', 'block')}
   assert acts['block'] < acts['dots'] < acts['none']
-  # A flash-style attention backend holds no L x L probabilities: with block remat, one
-  # block's worth of them (f32, per device: T tokens x 32 heads x L keys) is not needed.
-  flash = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention='flash'))
-  saved = base.activations - memory.estimate(flash, VOCAB, 16).activations
-  assert saved == base.tokens_per_device * 4 * 32 * 2048
+  # A flash-style kernel holds no L x L probabilities: with block remat, one block's worth
+  # of them (f32, per device: T tokens x 32 heads x L keys) is not needed. `auto` runs one
+  # on a GPU or TPU, xla on a CPU.
+  probs = base.tokens_per_device * 4 * 32 * 2048
+  for attention, device, saved in [('pallas', None, probs), ('auto', 'h100', probs),
+                                   ('auto', 'v5p', probs), ('xla', 'h100', 0)]:
+    other = paper('1b', f'model.attention={attention}')
+    assert base.activations - memory.estimate(other, VOCAB, 16, device).activations == saved
 
 
 def test_train_dry_run_prints_every_term_and_the_verdict():

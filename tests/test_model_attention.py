@@ -105,7 +105,73 @@ def test_attention_dropout_needs_an_rng_and_keeps_the_mask():
 
 
 def test_unknown_backend_is_rejected_and_backends_are_listed():
-  assert attention.BACKENDS == ('xla',)
+  assert attention.BACKENDS == ('auto', 'xla', 'pallas', 'cudnn', 'triton', 'splash')
   x = jnp.zeros((1, 2, 1, 2))
   with pytest.raises(ValueError, match='xla'):
     attention.attend(x, x, x, jnp.ones((1, 2), jnp.int32), causal=True, backend='nope')
+
+
+def ignores_segments(q, k, v, segment_ids, **kw):
+  """A deliberately wrong backend: attends across documents (the known cuDNN failure)."""
+  return attention._attend_xla(q, k, v, jnp.ones_like(segment_ids), **kw)
+
+
+def xla_copy(q, k, v, segment_ids, **kw):
+  return attention._attend_xla(q, k, v, segment_ids, **kw)
+
+
+def crashes(q, k, v, segment_ids, **kw):
+  raise RuntimeError('no kernel image for this device')
+
+
+@pytest.fixture
+def registered():
+  """Registers test backends for the CPU; unregisters them (and forgets auto's choices) after."""
+  names = []
+
+  def register(name, fn, rank, **kw):
+    attention.register(name, fn, platforms=('cpu',), auto_rank=rank, **kw)
+    names.append(name)
+
+  yield register
+  for name in names:
+    attention.unregister(name)
+
+
+def test_auto_on_cpu_is_xla():
+  assert attention.AUTO_ORDER['cpu'] == []
+  assert attention.choose(jnp.float32, 32, 2) == 'xla'
+  assert attention.choose(jnp.bfloat16, 64, 1) == 'xla'
+
+
+def test_auto_never_selects_a_backend_that_fails_its_check(registered, capsys):
+  registered('wrong', ignores_segments, 0)
+  registered('broken', crashes, 1)
+  assert 'differs from xla' in attention.check('wrong')
+  assert 'no kernel image' in attention.check('broken')
+  q, k, v, seg, _ = attention.check_rows(16, 2, jnp.float32, length=24)
+  # Chosen while the caller is being traced, as inside a train step.
+  out = jax.jit(lambda q, k, v: attention.attend(q, k, v, seg, causal=True, backend='auto'))(
+      q, k, v)
+  np.testing.assert_allclose(np.asarray(out),
+                             np.asarray(attention.attend(q, k, v, seg, causal=True)), atol=1e-6)
+  assert attention.choose(jnp.float32, 16, 2) == 'xla'
+  log = capsys.readouterr().err
+  assert 'auto chose xla' in log and 'wrong (causal output differs' in log and 'broken' in log
+
+
+def test_auto_selects_the_first_backend_that_passes_and_skips_it_for_dropout(registered):
+  registered('wrong', ignores_segments, 0)
+  registered('good', xla_copy, 1)
+  assert attention.check('good') is None
+  assert attention.choose(jnp.float32, 16, 2) == 'good'
+  # Only backends that do attention dropout are candidates when it is on.
+  assert attention.choose(jnp.float32, 16, 2, dropout=True) == 'xla'
+
+
+def test_kernel_backends_refuse_attention_dropout():
+  q, k, v, seg, _ = attention.check_rows(16, 1, jnp.float32, length=8)
+  for name in ('pallas', 'splash'):
+    with pytest.raises(NotImplementedError, match='dropout'):
+      attention.attend(q, k, v, seg, causal=True, backend=name, dropout_rate=0.1,
+                       dropout_rng=jax.random.key(0))

@@ -26,7 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
          'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=20000', 'data.epochs=2',
          'eval.val_tokens=1024', 'eval.num_evals=3', 'eval.batch_size=8', 'eval.mdm_samples=2',
-         'train.log_every=5', 'train.progress=false']
+         'train.log_every=5', 'train.progress=false',
+         'eval.tasks=code_cloze', 'eval.task_items=6', 'eval.task_every=2']
 
 
 def micro_cfg(run_dir, *overrides):
@@ -197,6 +198,39 @@ def test_eval_command_recomputes_the_final_validation_loss(ar_run):
   assert bad.returncode == 2 and 'not a run directory' in bad.stderr
 
 
+@pytest.mark.parametrize('which', ['ar_run', 'mdm_run'])
+def test_task_accuracy_is_logged_at_every_second_eval_and_the_last_and_in_the_result(which, request):
+  run_dir, result = request.getfixturevalue(which)
+  evals = read_jsonl(run_dir / 'eval.jsonl')
+  steps = [r['step'] for r in evals if 'source' not in r]
+  assert [r['step'] for r in evals if 'tasks' in r] == [steps[1], steps[2]]  # 3 evals
+  cloze = next(r for r in reversed(evals) if 'tasks' in r and 'source' not in r)['tasks']['code_cloze']
+  assert cloze['items'] == 6 and cloze['chance'] == 0.25
+  assert 0.0 <= cloze['acc'] <= 1.0 and 0.0 <= cloze['acc_norm'] <= 1.0
+  assert cloze['delta_nll'] == pytest.approx(cloze['nll_alt'] - cloze['nll_true'])
+  assert cloze['estimator'] == ('exact' if which == 'ar_run' else 'llada')
+  assert result['tasks']['code_cloze'] == cloze
+
+
+def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
+  import shutil
+
+  from dlmjax.eval.__main__ import evaluate_run
+
+  run_dir, result = tmp_path / 'mdm', mdm_run[1]
+  shutil.copytree(mdm_run[0], run_dir)  # the notebook test reads the fixture's eval.jsonl
+  fixture = ROOT / 'tests' / 'fixtures' / 'piqa' / 'valid.jsonl'
+  rec = evaluate_run(str(run_dir), [f'tasks=code_cloze,piqa:{fixture}', 'eval.task_items=4',
+                                    'eval.task_estimator=chain_rule'])
+  assert rec['source'] == 'dlmjax.eval' and rec['step'] == result['steps']
+  assert set(rec['tasks']) == {'code_cloze', 'piqa'}
+  assert rec['tasks']['piqa']['items'] == 3 and rec['tasks']['piqa']['chance'] == 0.5
+  assert rec['tasks']['piqa']['estimator'] == 'chain_rule'
+  assert read_jsonl(run_dir / 'eval.jsonl')[-1] == rec
+  with pytest.raises(UserError, match='unknown task'):
+    evaluate_run(str(run_dir), ['tasks=lambada'])
+
+
 def test_inspect_notebook_runs_on_a_trained_run(mdm_run, capsys):
   import matplotlib
   matplotlib.use('Agg')
@@ -208,3 +242,16 @@ def test_inspect_notebook_runs_on_a_trained_run(mdm_run, capsys):
       exec(compile(source, 'inspect_run.ipynb', 'exec'), namespace)
   assert namespace['run'].config.objective == 'mdm'
   assert 'bits/byte' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('which', ['ar_run', 'mdm_run'])
+def test_sample_command_continues_a_prompt_from_a_trained_run(which, request, capsys):
+  from dlmjax import sample
+
+  run_dir, _ = request.getfixturevalue(which)
+  capsys.readouterr()  # drop what training the run printed
+  sample.main([str(run_dir), 'prompt=def f(x):\\n', 'max_new_tokens=16', 'steps=8',
+               'temperature=1.0', 'stop_at_eos=false', 'view=plain'])
+  out = capsys.readouterr()
+  assert out.out.startswith('def f(x):\n') and len(out.out) > len('def f(x):\n')
+  assert f'{which[:-4]} step' in out.err and '16 tokens' in out.err and 'tokens/s' in out.err

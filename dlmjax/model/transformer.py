@@ -17,6 +17,10 @@ stacking overhead at that depth), XLA can fuse across block boundaries, and each
 keeps its natural shape (no stacked 'layers' axis for the sharding rules to carry). At 24+
 layers on accelerators compile time grows linearly; scanning is then the change to make.
 
+Generation passes `cache=model.init_cache(batch, length)`: the call then also returns the
+cache with its tokens' keys and values appended (a prefill is one call with the prompt, a
+decode step a call with one token), through the same blocks (`Block.__call__`'s `cache`).
+
 The q/k/v projection and the SwiGLU MLP run through hand-written VJPs (`fused.py`) and the
 attention in a head-major layout (`attention.py`); both were measured to matter on CPU.
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +143,18 @@ def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+class KVCache(NamedTuple):
+  """Every layer's keys and values for decoding: `Transformer.init_cache`, then pass it as
+  `cache=` and use the cache the call returns. Slots [0, index) are written; a call with T
+  tokens writes slots [index, index + T) of every row, so the caller sizes the cache (S) for
+  the prompt plus every token it will generate."""
+
+  k: tuple[jax.Array, ...]  # per layer, BxSxKxDh in the compute dtype
+  v: tuple[jax.Array, ...]
+  segment_ids_BxS: jax.Array  # int32; 0 at padding and at slots not written yet
+  index: jax.Array  # int32 scalar
+
+
 class Block(nnx.Module):
   """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -166,7 +183,10 @@ class Block(nnx.Module):
     self.w_down = _param(_normal(out_std), rngs.params(), (f, d), pdt, ('mlp', 'embed'))
 
   def __call__(self, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, *, causal: bool,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
+               dropout_rng: jax.Array | None = None,
+               cache: attention.LayerCache | None = None
+               ) -> jax.Array | tuple[jax.Array, attention.LayerCache]:
+    """x BxLxD -> BxLxD; with `cache`, (x, the cache with this call's keys and values)."""
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
     b, length, _ = x_BxLxD.shape
@@ -182,9 +202,13 @@ class Block(nnx.Module):
       q_BxLxHxDh, k_BxLxKxDh = self.q_norm(q_BxLxHxDh), self.k_norm(k_BxLxKxDh)
     q_BxLxHxDh = apply_rope(q_BxLxHxDh, cos_BxLxDh2, sin_BxLxDh2)
     k_BxLxKxDh = apply_rope(k_BxLxKxDh, cos_BxLxDh2, sin_BxLxDh2)
-    o_BxLxHxDh = attention.attend(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL,
-                                  causal=causal, backend=cfg.attention,
-                                  dropout_rate=cfg.attn_dropout, dropout_rng=rngs[0])
+    if cache is None:
+      o_BxLxHxDh = attention.attend(q_BxLxHxDh, k_BxLxKxDh, v_BxLxKxDh, segment_ids_BxL,
+                                    causal=causal, backend=cfg.attention,
+                                    dropout_rate=cfg.attn_dropout, dropout_rng=rngs[0])
+    else:
+      cache = attention.write_cache(cache, k_BxLxKxDh, v_BxLxKxDh)
+      o_BxLxHxDh = attention.attend_cache(q_BxLxHxDh, cache, segment_ids_BxL, causal=causal)
     o_BxLxHxDh = sharding.constrain(o_BxLxHxDh, ACT_BxLxHxDh)
     a_BxLxD = jnp.einsum('blhk,hkd->bld', o_BxLxHxDh, self.w_o[...].astype(dt))
     x_BxLxD = x_BxLxD + _dropout(a_BxLxD, cfg.resid_dropout, rngs[1])
@@ -201,7 +225,9 @@ class Block(nnx.Module):
     else:
       m_BxLxD = fused.swiglu(h_BxLxD.reshape(b * length, -1), w_gate_up_Dx2xF,
                               w_down_FxD).reshape(x_BxLxD.shape)
-    return sharding.constrain(x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3]), ACT_BxLxD)
+    x_BxLxD = sharding.constrain(x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3]),
+                                 ACT_BxLxD)
+    return x_BxLxD if cache is None else (x_BxLxD, cache)
 
 
 class Transformer(nnx.Module):
@@ -221,8 +247,13 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
                positions_BxL: jax.Array, *, causal: bool,
-               dropout_rng: jax.Array | None = None) -> jax.Array:
-    """float32 logits BxLxV; dropout (rates in the config) only when `dropout_rng` is given."""
+               dropout_rng: jax.Array | None = None,
+               cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+    """float32 logits BxLxV; dropout (rates in the config) only when `dropout_rng` is given.
+
+    With `cache` (generation): returns (logits, cache); the L tokens are written at the
+    cache's next L slots and attend to every slot written so far (see `KVCache`).
+    """
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
     x_BxLxD = sharding.constrain(jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt),
@@ -235,9 +266,13 @@ class Transformer(nnx.Module):
 
     if REMAT[cfg.remat] is not None:
       run_block = nnx.remat(run_block, policy=REMAT[cfg.remat])
-    for i, block in enumerate(self.blocks):
-      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x_BxLxD = run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng)
+    if cache is None:
+      for i, block in enumerate(self.blocks):
+        rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+        x_BxLxD = run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng)
+    else:
+      x_BxLxD, cache = self._blocks_over_cache(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2,
+                                               segment_ids_BxL, causal=causal, cache=cache)
 
     x_BxLxD = self.final_norm(x_BxLxD)
     if cfg.tie_embeddings:
@@ -246,7 +281,31 @@ class Transformer(nnx.Module):
     else:
       logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembed[...].astype(dt),
                                 preferred_element_type=jnp.float32)
-    return sharding.constrain(logits_BxLxV.astype(jnp.float32), ACT_BxLxV)
+    logits_BxLxV = sharding.constrain(logits_BxLxV.astype(jnp.float32), ACT_BxLxV)
+    return logits_BxLxV if cache is None else (logits_BxLxV, cache)
+
+  def init_cache(self, batch: int, length: int) -> KVCache:
+    """An empty cache of `length` slots per row for `batch` rows."""
+    cfg = self.static
+    shape = (batch, length, cfg.kv_heads, cfg.dh)
+    zeros = lambda: tuple(jnp.zeros(shape, cfg.dtype) for _ in self.blocks)
+    return KVCache(zeros(), zeros(), jnp.zeros((batch, length), jnp.int32),
+                   jnp.zeros((), jnp.int32))
+
+  def _blocks_over_cache(self, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, *,
+                         causal: bool, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Every block over the cache (no dropout, no remat: inference only)."""
+    segment_ids_BxS = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids_BxS, segment_ids_BxL,
+                                                          cache.index, axis=1)
+    ks, vs = [], []
+    for i, block in enumerate(self.blocks):
+      layer = attention.LayerCache(cache.k[i], cache.v[i], segment_ids_BxS, cache.index)
+      x_BxLxD, layer = block(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, causal=causal,
+                             cache=layer)
+      ks.append(layer.k_BxSxKxDh)
+      vs.append(layer.v_BxSxKxDh)
+    index = cache.index + segment_ids_BxL.shape[1]
+    return x_BxLxD, KVCache(tuple(ks), tuple(vs), segment_ids_BxS, index)
 
 
 def count_params(model: nnx.Module) -> int:

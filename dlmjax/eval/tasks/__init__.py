@@ -1,0 +1,96 @@
+"""Multiple-choice tasks, named by a spec string: `code_cloze` or `NAME:PATH`.
+
+    items = load_task('hellaswag:/data/hellaswag/hellaswag_val.jsonl', val_fraction=0.02)
+    metrics = harness.evaluate_mc(score, tokenizer, items, max_len=2048)
+    suite = TaskSuite(['code_cloze'], cfg, tokenizer, model_fn, causal=False)
+    suite(params)   # {'code_cloze': {'acc': ..., 'acc_norm': ..., 'delta_nll': ...}}
+
+`code_cloze` is embedded (held-out standard-library files, `code_cloze.py`); the standard
+benchmarks read their official files from a local path (`benchmarks.py`): hellaswag, mmlu,
+arc_easy, arc_challenge, piqa, winogrande.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+from dlmjax.config import Config
+from dlmjax.data.tokenizer import Tokenizer
+from dlmjax.errors import UserError
+from dlmjax.eval.likelihood import ContinuationScorer
+from dlmjax.eval.tasks import benchmarks, code_cloze
+from dlmjax.eval.tasks.harness import MCItem, encode_task, evaluate_encoded
+
+EMBEDDED = ('code_cloze',)
+FROM_FILE = {
+    'hellaswag': benchmarks.hellaswag,
+    'mmlu': benchmarks.mmlu,
+    'arc_easy': functools.partial(benchmarks.arc, task='arc_easy'),
+    'arc_challenge': functools.partial(benchmarks.arc, task='arc_challenge'),
+    'piqa': benchmarks.piqa,
+    'winogrande': benchmarks.winogrande,
+}
+
+
+def names() -> tuple[str, ...]:
+  return EMBEDDED + tuple(FROM_FILE)
+
+
+def split_specs(specs: str) -> list[str]:
+  """'code_cloze, hellaswag:/x.jsonl' -> ['code_cloze', 'hellaswag:/x.jsonl']."""
+  return [s.strip() for s in specs.split(',') if s.strip()]
+
+
+def task_name(spec: str) -> str:
+  return spec.split(':', 1)[0]
+
+
+def check_spec(spec: str) -> None:
+  """Raises UserError for an unknown task or a file task without its path."""
+  name, _, path = spec.partition(':')
+  if name not in names():
+    raise UserError(f'unknown task {name!r}; known: {", ".join(names())}')
+  if name in FROM_FILE and not path:
+    raise UserError(f'task {name} reads its official file: give {name}:PATH')
+  if name in EMBEDDED and path:
+    raise UserError(f'task {name} is embedded and takes no path')
+
+
+def load_task(spec: str, *, val_fraction: float) -> list[MCItem]:
+  """The items of the task `spec`; `val_fraction` selects code_cloze's held-out files."""
+  check_spec(spec)
+  name, _, path = spec.partition(':')
+  if name == 'code_cloze':
+    return code_cloze.code_cloze(val_fraction)
+  items = FROM_FILE[name](path)
+  if not items:
+    raise UserError(f'task {name}: {path!r} holds no items')
+  return items
+
+
+class TaskSuite:
+  """A run's tasks, loaded and tokenized once, scored with one ContinuationScorer.
+
+  `cfg.eval` sets the diffusion estimator (`task_estimator`, `task_samples`), the seed and
+  the items per task (`task_items`); the window is the run's `data.seq_len`.
+  """
+
+  def __init__(self, specs: Sequence[str], cfg: Config, tokenizer: Tokenizer,
+               model_fn: Callable[[Any], Any], *, causal: bool, progress: bool = False):
+    e = cfg.eval
+    self.scorer = ContinuationScorer(model_fn, cfg, causal=causal, estimator=e.task_estimator,
+                                     num_samples=e.task_samples, seed=e.seed)
+    self.encoded = {}
+    for spec in specs:
+      items = load_task(spec, val_fraction=cfg.data.val_fraction)[:e.task_items or None]
+      self.encoded[task_name(spec)] = encode_task(tokenizer, items, self.scorer.max_len)
+    self.progress = progress
+    self.describe = {'estimator': 'exact' if causal else e.task_estimator,
+                     'samples': self.scorer.num_samples}
+
+  def __call__(self, params: Any) -> dict[str, dict]:
+    """{task: metrics} (harness.aggregate's keys, plus the estimator and its samples)."""
+    score = lambda pairs: self.scorer(params, pairs, progress=self.progress)
+    return {name: {**evaluate_encoded(score, enc), **self.describe}
+            for name, enc in self.encoded.items()}
