@@ -198,14 +198,20 @@ _ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def activation_mesh(mesh: Mesh):
-  """Within this context (while a step is traced), `constrain` pins activations on `mesh`.
+  """Within this context (while a step is traced), `constrain` pins activations on `mesh`,
+  and `mesh` is the trace's abstract mesh (`jax.sharding.get_abstract_mesh`), which
+  mesh-aware kernels read (splash attention then runs in a shard_map over rows and heads).
 
-  A one-device mesh constrains nothing, so the single-device program is the one without
+  A one-device mesh sets nothing, so the single-device program is the one without
   constraints.
   """
-  token = _ACTIVATION_MESH.set(mesh if mesh.size > 1 else None)
-  try:
+  if mesh.size == 1:
     yield
+    return
+  token = _ACTIVATION_MESH.set(mesh)
+  try:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      yield
   finally:
     _ACTIVATION_MESH.reset(token)
 

@@ -342,8 +342,8 @@ def run(cfg: Config) -> dict:
     if not rd.tokenizer.exists():
       tokenizer.save(rd.tokenizer)
 
-  # No `jax.set_mesh` context: the step's in/out shardings carry the mesh, and NNX would
-  # otherwise read the parameters' logical names as mesh axis names.
+  # No global `jax.set_mesh`: the step's in/out shardings carry the mesh, and the step is
+  # traced under `sharding.activation_mesh` (constraints, and the abstract mesh for kernels).
   return _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start)
 
 
