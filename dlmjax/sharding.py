@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import glob
 import importlib.util
 import math
@@ -257,10 +258,16 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return {k: jax.device_put(v, sharding) for k, v in local_batch.items()}
-  _, shards = process_rows(mesh, data_parallel_size(mesh))  # one row per data shard
+  shards = _process_shards(mesh)
   return {k: jax.make_array_from_process_local_data(
               sharding, v, (v.shape[0] * shards,) + v.shape[1:])
           for k, v in local_batch.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _process_shards(mesh: Mesh) -> int:
+  """How many row blocks a batch has across processes (`process_rows`' n), once per mesh."""
+  return process_rows(mesh, data_parallel_size(mesh))[1]  # one row per data shard will do
 
 
 def batch_from_full(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -98,3 +98,20 @@ def test_memory_estimate_matches_xla_with_and_without_remat(measured_extended):
   for g in (none, block):
     assert 0.75 < g['est_total'] / g['xla_total'] < 1.33, g
   assert block['xla_total'] < none['xla_total']
+
+
+@pytest.mark.slow
+def test_train_command_runs_the_tiny_config_on_8_forced_devices(tmp_path):
+  # The README's command (with a smaller model and budget), then the run opened on one device.
+  import dlmjax
+  micro = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
+           'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=20000', 'train.steps=20',
+           'eval.val_tokens=1024', 'eval.num_evals=2', 'eval.batch_size=8', 'train.progress=false']
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run([sys.executable, '-m', 'dlmjax.train', 'configs/tiny.yaml', *micro,
+                         'mesh.data=2', 'mesh.fsdp=4', f'run_dir={tmp_path / "run"}'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'mesh data=2 fsdp=4 tensor=1 expert=1 on 8 cpu devices' in proc.stdout
+  run = dlmjax.load_run(tmp_path / 'run')
+  assert run.step == 20 and run.result()['steps'] == 20
