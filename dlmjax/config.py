@@ -46,7 +46,10 @@ class ModelConfig:
   # backend in dlmjax/model/attention.py: auto (per platform, the fastest that passed its
   # check; xla on CPU) | xla | pallas | cudnn | triton (GPU) | splash (TPU)
   attention: str = 'auto'
-  remat: str = 'none'  # none | block (recompute each block in the backward pass)
+  # Activation rematerialisation in the backward pass (dlmjax/model/transformer.py REMAT):
+  # none (keep everything) | dots (keep the weight matmuls' outputs, recompute the rest) |
+  # block (keep only each block's input, recompute the block)
+  remat: str = 'none'
   # Tokens per chunk of the fused output projection + cross-entropy of the training loss
   # (no BxLxV float32 logits are held); 0: chunks of at most ~256 MiB of float32 logits.
   ce_chunk_tokens: int = 0
@@ -125,6 +128,10 @@ class OptimizerConfig:
 class TrainConfig:
   batch_size: int = 32  # global batch, in sequences of data.seq_len tokens
   steps: int = 0  # 0: ceil(U * E / (batch_size * seq_len))
+  # Gradient accumulation: the global batch runs as this many microbatches of
+  # batch_size / microbatches rows, with the same objective as one big batch (activation
+  # memory shrinks with it; the MDM's random draws change, their distribution does not).
+  microbatches: int = 1
   log_every: int = 10
   progress: bool = True  # progress bar with ETA when stderr is a terminal
 
@@ -147,12 +154,33 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
-  """Device mesh sizes; -1 takes the remaining devices. Their product is the device count."""
+  """Device mesh sizes (dlmjax/sharding.py); -1 takes the remaining devices.
 
-  data: int = -1
-  fsdp: int = 1
+  data x fsdp x tensor x expert devices form one slice (ICI); dcn_data slices (TPU
+  multislice, or groups of GPU hosts) add an outer data-parallel level over the data-centre
+  network, so the mesh's `data` axis has dcn_data x data entries. The default shards
+  parameters, gradients and optimizer state over every device (FSDP, as MaxText's default):
+  the 8B preset's 118 GB of f32 weights and AdamW moments then fit 80 GB devices from 8 up.
+  """
+
+  data: int = 1
+  fsdp: int = -1
   tensor: int = 1
   expert: int = 1
+  dcn_data: int = 1
+
+
+@dataclasses.dataclass
+class DistributedConfig:
+  """Multi-process start-up (`jax.distributed.initialize`, dlmjax/sharding.py).
+
+  Left empty, a TPU pod slice and a SLURM job (more than one task) are detected from their
+  environment; elsewhere (or to override) give all three keys on every process.
+  """
+
+  coordinator: str = ''  # host:port of process 0
+  num_processes: int = 0
+  process_id: int = -1
 
 
 @dataclasses.dataclass
@@ -175,6 +203,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
 
@@ -386,7 +415,7 @@ def _one_of(cfg_value: str, key: str, allowed: typing.Iterable[str]) -> None:
 def validate(cfg: Config) -> None:
   """Raises ConfigError naming the key of the first impossible setting."""
   from dlmjax import objectives  # the registry of names; imported late to avoid a cycle
-  from dlmjax.model import attention
+  from dlmjax.model import attention, transformer
 
   m, d, t = cfg.model, cfg.data, cfg.train
   _one_of(cfg.objective, 'objective', objectives.names())
@@ -406,7 +435,7 @@ def validate(cfg: Config) -> None:
          f'cudnn attention needs model.dtype=bfloat16, not {m.dtype}')
   _check(m.attn_dropout == 0.0 or m.attention in ('auto', 'xla'), 'model.attn_dropout',
          f'attention dropout needs model.attention=xla (or auto); {m.attention} has none')
-  _one_of(m.remat, 'model.remat', ('none', 'block'))
+  _one_of(m.remat, 'model.remat', transformer.REMAT)
   _check(m.ce_chunk_tokens >= 0, 'model.ce_chunk_tokens', 'must be >= 0 (0: automatic)')
   for key in ('attn_dropout', 'mlp_dropout', 'resid_dropout'):
     _check(0.0 <= getattr(m, key) < 1.0, f'model.{key}', 'must be in [0, 1)')
@@ -450,6 +479,9 @@ def validate(cfg: Config) -> None:
   _check(t.batch_size > 0, 'train.batch_size', 'must be positive')
   _check(t.steps >= 0, 'train.steps', 'must be >= 0 (0: derived from the budget)')
   _check(t.log_every > 0, 'train.log_every', 'must be positive')
+  _check(t.microbatches >= 1, 'train.microbatches', 'must be at least 1')
+  _check(t.batch_size % t.microbatches == 0, 'train.microbatches',
+         f'train.batch_size={t.batch_size} is not divisible by {t.microbatches} microbatches')
   e = cfg.eval
   _check(e.every >= 0 and e.num_evals >= 1, 'eval.num_evals', 'need every >= 0, num_evals >= 1')
   _check(e.val_tokens >= d.seq_len, 'eval.val_tokens', f'must be at least data.seq_len={d.seq_len}')
@@ -461,6 +493,14 @@ def validate(cfg: Config) -> None:
     _check(v == -1 or v >= 1, f'mesh.{key}', 'must be -1 (the rest) or a positive size')
   _check([getattr(cfg.mesh, k) for k in ('data', 'fsdp', 'tensor', 'expert')].count(-1) <= 1,
          'mesh', 'at most one axis may be -1')
+  _check(cfg.mesh.dcn_data >= 1, 'mesh.dcn_data', 'must be a positive number of slices')
+  dist = cfg.distributed
+  given = (bool(dist.coordinator), dist.num_processes > 0, dist.process_id >= 0)
+  _check(all(given) or not any(given), 'distributed.coordinator',
+         'give distributed.coordinator, distributed.num_processes and distributed.process_id '
+         'together (or none: detected from a TPU pod or SLURM environment)')
+  _check(dist.process_id < max(dist.num_processes, 1), 'distributed.process_id',
+         f'must be below distributed.num_processes={dist.num_processes}')
   _check(cfg.checkpoint.every >= 0 and cfg.checkpoint.keep >= 1, 'checkpoint.keep',
          'need every >= 0 and keep >= 1')
 
@@ -482,9 +522,10 @@ def _check_tasks(e: EvalConfig) -> None:
 
 # Keys that may change between a run and its resumption without changing what is trained.
 # model.attention too: every backend computes the same function (checked against xla), so a
-# run may resume on another machine with another kernel.
+# run may resume on another machine with another kernel. The mesh and the process set may
+# change as well: orbax reshards the checkpoint.
 RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'data.prefetch', 'data.cache_dir',
-                  'checkpoint.keep', 'mesh.', 'model.attention')
+                  'checkpoint.keep', 'mesh.', 'model.attention', 'distributed.')
 
 
 def default_run_dir(cfg: Config) -> str:

@@ -1,4 +1,4 @@
-"""Training: `python -m dlmjax.train [CONFIG.yaml ...] [key=value ...]`.
+"""Training: `python -m dlmjax.train [CONFIG.yaml ...] [key=value ...] [--dry-run]`.
 
 One path: config -> data (token store, budget, epochs, packed batches) -> a pure train step,
 jitted once with explicit shardings and a donated state -> metrics.jsonl, periodic
@@ -10,7 +10,17 @@ SIGTERM or Ctrl-C saves a checkpoint and exits 0. A non-finite loss stops the ru
 and keeps the last good checkpoint.
 
 The train step knows nothing about the objective: it calls `objective.loss(model, batch,
-rng, cfg)` through `jax.value_and_grad`, as nanodo does.
+rng, cfg)` through `jax.value_and_grad`, as nanodo does; with `train.microbatches` > 1 it
+accumulates the gradient over microbatches with the objective's loss weights.
+
+On several devices the mesh comes from the `mesh.*` keys (dlmjax/sharding.py); on several
+processes (a TPU pod slice, a SLURM job, or `distributed.*` keys) each process reads only
+its rows of every batch, process 0 alone writes logs and results, and checkpoints are saved
+by all processes together (orbax). A SIGTERM on any host stops every process after the same
+step with one consistent checkpoint.
+
+`--dry-run [--devices N] [--device h100|v5p|...]` trains nothing: it prints the estimated
+memory per device (dlmjax/memory.py) of the configured run on that many devices.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,12 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from dlmjax import config as config_lib
-from dlmjax import flops, objectives, sharding
+from dlmjax import flops, memory, objectives, sharding
 from dlmjax.checkpoint import Checkpointer
 from dlmjax.config import Config
-from dlmjax.data import budget, pipeline, store as store_lib
+from dlmjax.data import budget, pipeline, store as store_lib, tokenizer as tokenizer_lib
 from dlmjax.errors import UserError, exit_on_user_error
 from dlmjax.eval import likelihood
 from dlmjax.eval import tasks as tasks_lib
@@ -113,6 +125,7 @@ class Trainer:
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         shapes, self.state_shardings)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
+    sharding.check_batch_divides(cfg.train, self.mesh)
 
     self._init = jax.jit(self._init_state, out_shardings=self.state_shardings)
     self._step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
@@ -130,12 +143,8 @@ class Trainer:
   def _train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     # One key per step, derived from the step, so a resumed run draws the same masks.
     rng = jax.random.fold_in(state['rng'], state['step'])
-
-    def loss_fn(params):
-      with sharding.model_mesh(self.mesh):  # for model code that shards over the mesh (MoE)
-        return self.objective.loss(self.model(params), batch, rng, self.cfg)
-
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    with sharding.activation_mesh(self.mesh):
+      loss, metrics, grads = self._loss_and_grads(state['params'], batch, rng)
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
@@ -143,6 +152,51 @@ class Trainer:
     new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1,
                  'rng': state['rng']}
     return new_state, metrics
+
+  def _loss_and_grads(self, params: dict, batch: dict, rng: jax.Array):
+    """(loss, metrics, grads) of the objective on the global batch, in train.microbatches."""
+    def loss_fn(params, batch, rng):
+      return self.objective.loss(self.model(params), batch, rng, self.cfg)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    num_micro = self.cfg.train.microbatches
+    if num_micro == 1:
+      (loss, metrics), grads = grad_fn(params, batch, rng)
+      metrics.pop(objectives.LOSS_WEIGHT, None)
+      return loss, metrics, grads
+
+    # Microbatch m takes rows m, m + M, m + 2M, ...: every device keeps its own rows (a
+    # contiguous split would move rows between devices).
+    micro = jax.tree.map(lambda x_BxL: sharding.constrain(
+        x_BxL.reshape(-1, num_micro, x_BxL.shape[1]).swapaxes(0, 1),
+        (None, 'batch', 'length')), batch)
+
+    def weighted(mb, m):
+      """One microbatch's gradient and metrics times its loss weight (counts unweighted)."""
+      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, m))
+      weight = metrics.pop(objectives.LOSS_WEIGHT, jnp.ones((), jnp.float32))
+      metrics = dict(metrics, loss=loss)
+      metrics = {k: (v if k.startswith('n_') else weight * v).astype(jnp.float32)
+                 for k, v in metrics.items()}
+      grads = jax.tree.map(lambda g: weight * g.astype(jnp.float32), grads)
+      return grads, metrics, weight.astype(jnp.float32)
+
+    def accumulate(carry, xs):
+      return jax.tree.map(jnp.add, carry, weighted(*xs)), None
+
+    # The accumulator (f32) is sharded like the parameters, so that FSDP reduce-scatters
+    # each microbatch's gradient instead of holding it whole.
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32),
+                         jax.eval_shape(weighted, jax.tree.map(lambda x: x[0], micro), 0))
+    zeros = (jax.lax.with_sharding_constraint(zeros[0], self.state_shardings['params']),
+             *zeros[1:])
+    (grad_sum, metric_sum, weight_sum), _ = jax.lax.scan(
+        accumulate, zeros, (micro, jnp.arange(num_micro)))
+    # sum_m(weight_m * loss_m) / sum_m(weight_m): the whole batch's loss, and its gradient.
+    denom = jnp.maximum(weight_sum, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sum, params)
+    metrics = {k: v if k.startswith('n_') else v / denom for k, v in metric_sum.items()}
+    return metrics['loss'], metrics, grads
 
   def init(self) -> dict:
     return self._init()
@@ -152,10 +206,21 @@ class Trainer:
     global_rows = self.cfg.train.batch_size
     batch = {k: jax.ShapeDtypeStruct((global_rows,) + s[1:], jnp.int32, sharding=self.batch_sharding)
              for k, s in local_batch_shapes.items()}
-    self._step = self._step.lower(self.abstract_state, batch).compile()
+    self._step = self._step.lower(self.abstract_state, batch).compile(
+        compiler_options(self.cfg, self.mesh))
 
   def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
     return self._step(state, batch)
+
+
+def compiler_options(cfg: Config, mesh: jax.sharding.Mesh) -> dict | None:
+  """XLA options of the train step. On CPU, a remat policy needs its optimization barriers
+  kept to the end: XLA:CPU expands them before CSE and scheduling, which then merge the
+  recomputation back into the forward pass (memory_analysis: no saving at all); GPU and TPU
+  keep them by themselves."""
+  if cfg.model.remat != 'none' and mesh.devices.flat[0].platform == 'cpu':
+    return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+  return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,15 +268,41 @@ def resolve_run_dir(cfg: Config) -> RunDir:
   return rd
 
 
-def _install_stop_handlers() -> dict:
-  """SIGTERM (preemption) and Ctrl-C set a flag; the loop saves and exits after the step."""
-  flag = {'stop': None}
-  if threading.current_thread() is threading.main_thread():
-    def handler(signum, _frame):
-      flag['stop'] = signal.Signals(signum).name
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-  return flag
+class StopRequest:
+  """SIGTERM (preemption) and Ctrl-C ask the loop to save a checkpoint and exit after a step.
+
+  One process: the signal handler sets a flag that the loop reads after each step. Several
+  processes must all stop after the same step, or their checkpoint halves disagree: there
+  jax's preemption sync manager (started by `jax.distributed.initialize`) catches SIGTERM on
+  any host and the processes agree on the step to stop at
+  (`multihost_utils.reached_preemption_sync_point`, asked after every step; it needs no
+  device sync). Ctrl-C on one host becomes a SIGTERM to that host, to join the protocol.
+  """
+
+  def __init__(self):
+    self.multi_process = jax.process_count() > 1
+    self.reason: str | None = None
+    if threading.current_thread() is not threading.main_thread():
+      return
+    if self.multi_process:
+      # Leave SIGTERM to the sync manager's own handler.
+      signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    else:
+      signal.signal(signal.SIGTERM, self._handler)
+      signal.signal(signal.SIGINT, self._handler)
+
+  def _handler(self, signum, _frame) -> None:
+    self.reason = signal.Signals(signum).name
+
+  def after_step(self, step: int) -> str | None:
+    """Why to stop after `step` (e.g. 'SIGTERM'), or None; call once per step, on every process."""
+    if self.multi_process and multihost_utils.reached_preemption_sync_point(step):
+      self.reason = 'SIGTERM (on some host)'
+    return self.reason
+
+
+def mesh_label(mesh: jax.sharding.Mesh) -> str:
+  return ' '.join(f'{k}={v}' for k, v in mesh.shape.items())
 
 
 def _log(msg: str) -> None:
@@ -236,11 +327,13 @@ def run(cfg: Config) -> dict:
   val_split = budget.val_split(store)
 
   mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_batch_divides(cfg.train, mesh)
+  # Each process reads only the rows its devices hold (shard i of n of every global batch).
+  shard, num_shards = sharding.process_rows(mesh, cfg.train.batch_size)
   data = pipeline.train_data(
       train_split, seq_len=cfg.data.seq_len, global_batch=cfg.train.batch_size,
       epochs=cfg.data.epochs, seed=cfg.seed, steps=cfg.train.steps,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      prefetch=cfg.data.prefetch)
+      process_index=shard, process_count=num_shards, prefetch=cfg.data.prefetch)
   num_steps = data.num_steps
 
   if jax.process_index() == 0:
@@ -249,8 +342,8 @@ def run(cfg: Config) -> dict:
     if not rd.tokenizer.exists():
       tokenizer.save(rd.tokenizer)
 
-  # No `jax.set_mesh` context: the step's in/out shardings carry the mesh, and NNX would
-  # otherwise read the parameters' logical names as mesh axis names.
+  # No global `jax.set_mesh`: the step's in/out shardings carry the mesh, and the step is
+  # traced under `sharding.activation_mesh` (constraints, and the abstract mesh for kernels).
   return _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start)
 
 
@@ -283,8 +376,11 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   if not val_batches:
     raise UserError(f'data.corpus={cfg.data.corpus!r} has no validation tokens; '
                     f'raise data.val_fraction')
+  # Empty rows appended to each batch change no total, and the draws of the real rows stay
+  # the same (jax's counter-based random bits are a prefix of the longer batch's).
+  val_batches = [pipeline.pad_rows(b, sharding.data_parallel_size(mesh)) for b in val_batches]
   val_bytes = likelihood.target_bytes(val_batches, tokenizer.token_bytes())
-  val_device = [sharding.global_batch(b, mesh) for b in val_batches]
+  val_device = [sharding.batch_from_full(b, mesh) for b in val_batches]
   nll_fn = likelihood.make_nll_fn(trainer.graphdef, trainer.abstract_params_state, cfg)
   evals_at = eval_steps(cfg, num_steps)
   tasks_at = task_steps(cfg, evals_at)
@@ -308,7 +404,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
     return rec
 
   ckpt_every = cfg.checkpoint.every
-  stop = _install_stop_handlers()
+  stop = StopRequest()
 
   if start < num_steps:
     t0 = time.time()
@@ -319,6 +415,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
          f'U={train_split.num_tokens:,} '
          f'tokens x {data.total_tokens / train_split.num_tokens:.4g} epochs = '
          f'{data.total_tokens:,} tokens in {num_steps} steps (compiled in {time.time() - t0:.1f}s)')
+    _log(f'{rd.path}: mesh {mesh_label(mesh)} on {jax.device_count()} '
+         f'{jax.devices()[0].platform} devices, {jax.process_count()} process(es)'
+         + (f', {cfg.train.microbatches} microbatches' if cfg.train.microbatches > 1 else ''))
 
   saved = {'step': start}
 
@@ -344,11 +443,12 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       # saved below resumes at the next one (grain prefetches ahead in a thread).
       batch = next(iterator)
       state, metrics = trainer.step(state, sharding.global_batch(batch, mesh))
+      stopping = stop.after_step(step)
       pending.append(metrics)
       window_tokens += tokens_seen(data, step) - tokens_seen(data, step - 1)
       last_metrics = metrics
 
-      if step % cfg.train.log_every == 0 or step == num_steps or stop['stop']:
+      if step % cfg.train.log_every == 0 or step == num_steps or stopping:
         host = jax.device_get(pending)
         pending = []
         dt = time.time() - window_t
@@ -384,11 +484,11 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
           save(step, last_metrics)
       if ckpt_every and step % ckpt_every == 0:
         save(step, last_metrics)
-      if stop['stop'] and step < num_steps:
+      if stopping and step < num_steps:
         save(step, last_metrics)
         ckpt.close()
         progress.close()
-        _log(f'{rd.path}: {stop["stop"]} at step {step}; checkpoint saved, re-run the same '
+        _log(f'{rd.path}: {stopping} at step {step}; checkpoint saved, re-run the same '
              f'command to resume')
         return {'status': 'interrupted', 'step': step}
 
@@ -431,13 +531,59 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   return result
 
 
+def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = None) -> str:
+  """What `--dry-run` prints: the run's shape and its memory per device (dlmjax/memory.py)."""
+  num_devices = num_devices or jax.device_count()
+  vocab = cfg.model.vocab_size or tokenizer_lib.planned_vocab_size(cfg.data)
+  budget = memory.device_bytes(device)
+  label = device or jax.devices()[0].device_kind
+  mesh = memory.abstract_mesh(cfg, num_devices)
+  sharding.check_batch_divides(cfg.train, mesh)
+  est = memory.estimate(cfg, vocab, num_devices, device)
+  m, t = cfg.model, cfg.train
+  lines = [
+      f'{cfg.name or "run"}: {cfg.objective}, {flops.num_params(m, vocab) / 1e9:.3g}B params, '
+      f'batch {t.batch_size} x {cfg.data.seq_len} in {t.microbatches} microbatch(es), '
+      f'{m.dtype} compute / {m.param_dtype} weights, remat {m.remat}, attention {m.attention}',
+      f'mesh {mesh_label(mesh)} on {num_devices} x {label} ({memory.gb(budget)} each): '
+      f'{est.tokens_per_device:,} tokens per device and microbatch',
+      'memory per device (estimate; formulas in dlmjax/memory.py):']
+  lines += [f'  {name:12s} {memory.gb(value):>10s}' for name, value in est.parts().items()]
+  lines.append(memory.verdict(cfg, vocab, num_devices, device))
+  return '\n'.join(lines)
+
+
+def _split_flags(argv: list[str]) -> tuple[dict, list[str]]:
+  """Separates `--dry-run [--devices N] [--device KIND]` from configs and overrides."""
+  import argparse
+
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument('--dry-run', action='store_true')
+  parser.add_argument('--devices', type=int)
+  parser.add_argument('--device', choices=sorted(memory.DEVICES))
+  try:
+    flags, rest = parser.parse_known_args(argv)
+  except SystemExit:
+    raise UserError(f'bad flags in {" ".join(argv)}; --devices takes a number, --device one of '
+                    f'{", ".join(sorted(memory.DEVICES))}') from None
+  if (flags.devices or flags.device) and not flags.dry_run:
+    raise UserError('--devices and --device only go with --dry-run')
+  return vars(flags), rest
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   if any(a in ('-h', '--help') for a in argv):
     print(__doc__)
     return
   with exit_on_user_error():
-    cfg = config_lib.parse_args(argv)
+    flags, rest = _split_flags(argv)
+    cfg = config_lib.parse_args(rest)
+    if flags['dry_run']:
+      print(dry_run(cfg, flags['devices'], flags['device']))
+      return
+    # Before anything touches a device: a pod slice or a SLURM job becomes one jax program.
+    sharding.initialize_distributed(cfg.distributed)
     run(cfg)
 
 

@@ -10,8 +10,11 @@ Commands:
 Options:
   --out DIR            output directory (default runs/grids/GRID); run dirs are DIR/runs/NAME
   --only PATTERN       only runs whose names match this fnmatch pattern (e.g. 'mdm-*-e64-*')
-  --dry-run            run: resolve and print each run's config (params, tokens, FLOPs, run
-                       dir) without training; a config error is shown per run
+  --dry-run            run: resolve and print each run's config (params, tokens, FLOPs,
+                       memory per device, run dir) without training; a config error is
+                       shown per run
+  --devices N          --dry-run: size memory for N devices (default: this machine's)
+  --device KIND        --dry-run: of this kind, e.g. h100, v5p (default: this machine's)
   --workers N          run: N local trainings at once (default 1)
   key=value            overrides applied to every run, after the run's own
 
@@ -341,23 +344,32 @@ def _run_all(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str
   return 1 if counts['failed'] or counts['stopped'] else 0
 
 
-def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str]) -> int:
+def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str],
+                devices: int | None = None, device: str | None = None) -> int:
+  import jax  # only this command needs it
+
+  from dlmjax import memory
+
+  budget = memory.device_bytes(device)
+  devices = devices or jax.device_count()
+  where = f'{devices} x {device or jax.devices()[0].device_kind} ({memory.gb(budget)} each)'
   rows, errors = [], 0
   for run in runs:
     rdir = run_dir(out, run)
     try:
       cfg = resolve(grid, run, extra, rdir)
     except ConfigError as e:
-      rows.append((run.name, 'error: ' + str(e), '', '', ''))
+      rows.append((run.name, 'error: ' + str(e), '', '', '', ''))
       errors += 1
       continue
     vocab = registry.vocab_size(cfg)
     tokens = round(cfg.data.unique_tokens * cfg.data.epochs)
     params = flops_lib.num_params(cfg.model, vocab)
     total = flops_lib.train_flops_per_token(cfg.model, vocab, cfg.data.seq_len) * tokens
-    rows.append((run.name, f'{params / 1e6:,.2f}M', f'{tokens:,}', f'{total:.3g}', str(rdir)))
-  _table(f'{grid.name}: dry run (nothing is trained)',
-         ('run', 'params', 'tokens', 'FLOPs', 'run dir'), rows)
+    rows.append((run.name, f'{params / 1e6:,.2f}M', f'{tokens:,}', f'{total:.3g}',
+                 memory.verdict(cfg, vocab, devices, device, short=True), str(rdir)))
+  _table(f'{grid.name}: dry run (nothing is trained); memory per device on {where}',
+         ('run', 'params', 'tokens', 'FLOPs', 'memory/device', 'run dir'), rows)
   print(f'{len(runs) - errors} of {len(runs)} runs resolve'
         + (f'; {errors} rejected at start-up (see error:)' if errors else ''))
   return 0
@@ -502,6 +514,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--only')
   p.add_argument('--dry-run', action='store_true')
   p.add_argument('--workers', type=int, default=1)
+  p.add_argument('--devices', type=int)
+  p.add_argument('--device')
   args, rest = p.parse_known_args(argv)
   bad = [a for a in rest if '=' not in a or a.startswith('-')]
   if bad:
@@ -512,6 +526,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     f'{", ".join(registry.names())}')
   if args.workers < 1:
     raise UserError('--workers must be at least 1')
+  if (args.devices or args.device) and not args.dry_run:
+    raise UserError('--devices and --device go with run --dry-run')
+  if args.device:
+    from dlmjax.memory import DEVICES
+    if args.device not in DEVICES:
+      raise UserError(f'--device {args.device!r} is not one of {", ".join(sorted(DEVICES))}')
   return args
 
 
@@ -532,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == 'report':
       return cmd_report(grid, out)
     if args.dry_run:
-      return cmd_dry_run(grid, runs, out, args.overrides)
+      return cmd_dry_run(grid, runs, out, args.overrides, args.devices, args.device)
     return cmd_run(grid, runs, out, args.overrides, args.workers)
 
 

@@ -19,10 +19,10 @@ import pathlib
 
 from dlmjax import config as config_lib
 from dlmjax import flops as flops_lib
+from dlmjax.data.tokenizer import planned_vocab_size
 from dlmjax.errors import UserError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BYTE_VOCAB = 260  # dlmjax.data.tokenizer.ByteTokenizer: 256 bytes + 4 special ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,7 @@ def _unchecked_config(configs: tuple[str, ...], overrides: tuple[str, ...]) -> c
 
 
 def vocab_size(cfg: config_lib.Config) -> int:
-  if cfg.model.vocab_size:
-    return cfg.model.vocab_size
-  return BYTE_VOCAB if cfg.data.tokenizer == 'byte' else cfg.data.bpe_vocab_size
+  return cfg.model.vocab_size or planned_vocab_size(cfg.data)
 
 
 def make_run(configs: tuple[str, ...], objective: str, model: str, unique_tokens: int,

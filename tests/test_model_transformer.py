@@ -124,7 +124,8 @@ def test_init_scales_matrices_and_output_projections_norms_are_ones():
   assert np.all(np.asarray(m.final_norm.scale[...]) == 1.0)
 
 
-def test_remat_block_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize('remat', [r for r in transformer.REMAT if r != 'none'])
+def test_remat_policies_give_the_same_loss_and_gradients(remat):
   tokens, seg, pos = row(list(range(4, 16)), [1] * 6 + [2] * 6)
 
   def grads(cfg):
@@ -132,7 +133,7 @@ def test_remat_block_gives_the_same_loss_and_gradients():
     f = lambda s: (transformer.apply(graphdef, s, tokens, seg, pos, causal=False) ** 2).mean()
     return jax.jit(jax.value_and_grad(f))(state)
 
-  (l1, g1), (l2, g2) = grads(TINY), grads(dataclasses.replace(TINY, remat='block'))
+  (l1, g1), (l2, g2) = grads(TINY), grads(dataclasses.replace(TINY, remat=remat))
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

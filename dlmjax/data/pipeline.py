@@ -234,3 +234,14 @@ def val_batches(split: Split, *, seq_len: int, batch_size: int, max_tokens: int)
         v[pad_from:] = PAD_ID if k == 'tokens' else 0
     out.append(batch)
   return out
+
+
+def pad_rows(batch: Batch, multiple: int) -> Batch:
+  """`batch` with all-padding rows (PAD_ID, segment 0, position 0) appended up to a multiple
+  of `multiple` rows, e.g. to split evenly over the data-parallel devices. Padding rows have
+  no targets, so every loss and likelihood total over the batch is unchanged."""
+  extra = -batch['tokens'].shape[0] % multiple
+  if not extra:
+    return batch
+  return {k: np.concatenate([v, np.full((extra,) + v.shape[1:], PAD_ID if k == 'tokens' else 0,
+                                        v.dtype)]) for k, v in batch.items()}

@@ -232,6 +232,11 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
   return BPETokenizer.from_file(path)
 
 
+def planned_vocab_size(data_cfg) -> int:
+  """The vocabulary `build_tokenizer(data_cfg, ...)` gives, known without building it."""
+  return ByteTokenizer.vocab_size if data_cfg.tokenizer == 'byte' else data_cfg.bpe_vocab_size
+
+
 def build_tokenizer(data_cfg, train_documents: Callable[[], Iterator[str]]) -> Tokenizer:
   """The tokenizer `data_cfg.tokenizer` names; BPE is trained on `train_documents()` only.
 

@@ -29,7 +29,9 @@ attention in a head-major layout (`attention.py`); both were measured to matter 
 
 Every parameter carries logical axis names (`LOGICAL_AXES`) as `out_sharding` metadata, and
 `eager_sharding=False` so that building the model never needs a mesh; `dlmjax/sharding.py`
-maps the names onto mesh axes.
+maps the names onto mesh axes. The residual stream, the attention output and the logits are
+pinned by logical names too (`sharding.constrain`, a no-op outside a sharded train step).
+`model.remat` picks what the backward pass keeps of each block (`REMAT`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlmjax import sharding
 from dlmjax.config import ModelConfig
 from dlmjax.model import attention, fused, moe
 
@@ -49,6 +52,23 @@ from dlmjax.model import attention, fused, moe
 # per kv head (G query heads, then k, then v). The size-2 gate/up axis of the fused SwiGLU
 # weight is named None (never sharded), so a shard of 'mlp' holds matching gate and up columns.
 LOGICAL_AXES = ('vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'qkv', 'mlp', 'norm', 'expert')
+# The activations' names (sharding.LOGICAL_RULES): rows are data parallel, the residual
+# stream is whole on each device, heads and the vocabulary follow their weights.
+ACT_BxLxD = ('batch', 'length', 'act_embed')
+ACT_BxLxHxDh = ('batch', 'length', 'act_heads', None)
+ACT_BxLxV = ('batch', 'length', 'act_vocab')
+
+# model.remat -> the jax.checkpoint policy applied to each block: what its backward pass
+# keeps rather than recomputes ('none': everything, no checkpoint). Measured on CPU with
+# XLA's memory_analysis in docs/architecture.md ("Memory").
+REMAT = {
+    'none': None,
+    # The outputs of the weight matmuls (q/k/v, attention output, gate/up, down projections;
+    # MaxText's 'minimal'): the recomputation is norms, RoPE, attention and elementwise ops.
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Only the block's input: the whole block runs again in the backward pass.
+    'block': jax.checkpoint_policies.nothing_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +241,7 @@ class Block(nnx.Module):
     else:
       cache = attention.write_cache(cache, k_BxLxKxDh, v_BxLxKxDh)
       o_BxLxHxDh = attention.attend_cache(q_BxLxHxDh, cache, segment_ids_BxL, causal=causal)
+    o_BxLxHxDh = sharding.constrain(o_BxLxHxDh, ACT_BxLxHxDh)
     a_BxLxD = jnp.einsum('blhk,hkd->bld', o_BxLxHxDh, self.w_o[...].astype(dt))
     x_BxLxD = x_BxLxD + _dropout(a_BxLxD, cfg.resid_dropout, rngs[1])
 
@@ -229,7 +250,8 @@ class Block(nnx.Module):
       m_BxLxD = self.moe(h_BxLxD, dropout_rng=rngs[2])
     else:
       m_BxLxD = self._swiglu(h_BxLxD, rngs[2])
-    x_BxLxD = x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3])
+    x_BxLxD = sharding.constrain(x_BxLxD + _dropout(m_BxLxD, cfg.resid_dropout, rngs[3]),
+                                 ACT_BxLxD)
     return x_BxLxD if cache is None else (x_BxLxD, cache)
 
   def _swiglu(self, h_BxLxD: jax.Array, dropout_rng: jax.Array | None) -> jax.Array:
@@ -277,7 +299,8 @@ class Transformer(nnx.Module):
                       dropout_rng=dropout_rng, cache=cache)
     x_BxLxD, cache = out if cache is not None else (out, None)
     logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembedding().astype(x_BxLxD.dtype),
-                              preferred_element_type=jnp.float32).astype(jnp.float32)
+                              preferred_element_type=jnp.float32)
+    logits_BxLxV = sharding.constrain(logits_BxLxV.astype(jnp.float32), ACT_BxLxV)
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
 
   def hidden(self, tokens_BxL: jax.Array, segment_ids_BxL: jax.Array,
@@ -290,16 +313,16 @@ class Transformer(nnx.Module):
     logits."""
     cfg = self.static
     dt = jnp.dtype(cfg.dtype)
-    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt)
+    x_BxLxD = sharding.constrain(jnp.take(self.embed[...], tokens_BxL, axis=0).astype(dt),
+                                 ACT_BxLxD)
     cos_BxLxDh2, sin_BxLxDh2 = rope_tables_once(positions_BxL, cfg.dh, cfg.rope_theta)
 
     def run_block(block, x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, rng):
       return block(x_BxLxD, cos_BxLxDh2, sin_BxLxDh2, segment_ids_BxL, causal=causal,
                    dropout_rng=rng)
 
-    if cfg.remat == 'block':
-      # Keep only each block's input for the backward pass; recompute the rest.
-      run_block = nnx.remat(run_block)
+    if REMAT[cfg.remat] is not None:
+      run_block = nnx.remat(run_block, policy=REMAT[cfg.remat])
     if cache is None:
       for i, block in enumerate(self.blocks):
         rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)

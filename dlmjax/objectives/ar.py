@@ -73,7 +73,9 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
       cfg=cfg)
   value = value + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
-             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1), **aux.metrics}
+             'input_mask_rate': masked_BxL.sum() / jnp.maximum(n, 1),
+             'loss_weight': n.astype(jnp.float32),  # objectives.LOSS_WEIGHT
+             **aux.metrics}
   return value, metrics
 
 

@@ -112,16 +112,19 @@ def loss(model, batch: dict, rng: jax.Array, cfg: Config) -> tuple[jax.Array, di
   if cfg.mdm.loss_norm == 'token':
     # Every target token of the batch counts once, masked or not: the ELBO per target token.
     norm_B = jnp.broadcast_to(1.0 / jnp.maximum(n, 1), n_B.shape)
+    weight = n
   else:
     # Each row's ELBO per target token, averaged over the rows that have targets (a row of
     # pure padding says nothing and must not dilute the mean).
     has_B = n_B > 0
     norm_B = jnp.where(has_B, 1.0 / jnp.maximum(n_B, 1), 0.0) / jnp.maximum(has_B.sum(), 1)
+    weight = has_B.sum()
   weights_BxL = jnp.broadcast_to((c.weight_B * norm_B)[:, None], c.masked_BxL.shape)
   value, _, aux = _masked_ce(model, c, weights_BxL, dropout_rng if use_dropout else None, cfg)
   value = value + aux.loss
   metrics = {'loss': value, 'n_targets': n.astype(jnp.float32),
              'mask_rate': c.masked_BxL.sum() / jnp.maximum(n, 1), 't_mean': c.t_B.mean(),
+             'loss_weight': weight.astype(jnp.float32),  # objectives.LOSS_WEIGHT
              **aux.metrics}
   return value, metrics
 
