@@ -422,7 +422,7 @@ def test_slurm_submit_writes_the_script_and_reports_the_job(tmp_path, venv, caps
     (['--grid', 'nope'], 'unknown grid'),
     (['--grid', 'crossover-tiny', '--run', 'zzz*'], "--run 'zzz*' matches no run"),
     (['--grid', 'crossover-tiny', 'model.nope=1'], "unknown config key 'model.nope'"),
-    (['--grid', 'paper-moe'], 'model.num_experts'),
+    (['--grid', 'crossover-tiny', 'model.remat=everything'], 'model.remat'),
     ([], 'either --grid NAME or a command'),
     (['--', 'python', '-m', 'dlmjax.train', 'configs/nope.yaml'], 'does not exist'),
     (['--', 'python', '-m', 'dlmjax.train', 'run_dir=rel'], 'run_dir=rel is relative'),

@@ -18,7 +18,7 @@ from dlmjax import config as config_lib
 from dlmjax import train
 from dlmjax.data.tokenizer import BOS_ID, MASK_ID
 from dlmjax.errors import UserError
-from dlmjax.rundir import read_jsonl
+from dlmjax.rundir import append_jsonl, read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -231,16 +231,25 @@ def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
     evaluate_run(str(run_dir), ['tasks=lambada'])
 
 
-def test_inspect_notebook_runs_on_a_trained_run(mdm_run, capsys):
+def test_inspect_notebook_runs_on_a_trained_run(mdm_run, tmp_path, capsys):
+  import shutil
+
   import matplotlib
   matplotlib.use('Agg')
+  # A run that `python -m dlmjax.eval` has scored too: its record has task scores only.
+  run_dir = tmp_path / 'mdm'
+  shutil.copytree(mdm_run[0], run_dir)
+  task = {'items': 4, 'acc': 0.5, 'acc_stderr': 0.29, 'chance': 0.25}
+  append_jsonl(run_dir / 'eval.jsonl', {'step': mdm_run[1]['steps'], 'source': 'dlmjax.eval',
+                                        'tasks': {'code_cloze': task}})
   nb = json.loads((ROOT / 'notebooks' / 'inspect_run.ipynb').read_text())
   namespace = {}
   for cell in nb['cells']:
     if cell['cell_type'] == 'code':
-      source = ''.join(cell['source']).replace("'runs/tiny-mdm-u200000-e20-s0'", repr(str(mdm_run[0])))
+      source = ''.join(cell['source']).replace("'runs/tiny-mdm-u200000-e20-s0'", repr(str(run_dir)))
       exec(compile(source, 'inspect_run.ipynb', 'exec'), namespace)
   assert namespace['run'].config.objective == 'mdm'
+  assert namespace['t'][-1] == (mdm_run[1]['steps'], task)  # the accuracy cell read it
   assert 'bits/byte' in capsys.readouterr().out
 
 
