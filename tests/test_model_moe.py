@@ -234,7 +234,7 @@ def test_a_tiny_moe_trains_end_to_end_and_logs_expert_load(objective, tmp_path):
       'model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
       'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=5000', 'data.epochs=2',
       'eval.val_tokens=256', 'eval.num_evals=1', 'eval.batch_size=8', 'eval.mdm_samples=1',
-      'train.log_every=10', 'train.progress=false', f'run_dir={tmp_path / "run"}'])
+      'train.log_every=10', 'train.progress=false', 'eval.tasks=', f'run_dir={tmp_path / "run"}'])
   result = train.run(cfg)
   assert result['active_params'] < result['params']
   assert result['val_loss'] < math.log(260)  # learned something: below a uniform guess

@@ -106,7 +106,8 @@ def test_train_command_runs_the_tiny_config_on_8_forced_devices(tmp_path):
   import dlmjax
   micro = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
            'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=20000', 'train.steps=20',
-           'eval.val_tokens=1024', 'eval.num_evals=2', 'eval.batch_size=8', 'train.progress=false']
+           'eval.val_tokens=1024', 'eval.num_evals=2', 'eval.batch_size=8', 'train.progress=false',
+           'eval.tasks=']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run([sys.executable, '-m', 'dlmjax.train', 'configs/tiny.yaml', *micro,
                          'mesh.data=2', 'mesh.fsdp=4', f'run_dir={tmp_path / "run"}'],

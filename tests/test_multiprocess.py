@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
        'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=20000', 'eval.val_tokens=1024',
        'eval.num_evals=2', 'eval.batch_size=8', 'eval.mdm_samples=2', 'train.log_every=1',
-       'train.progress=false', 'objective=mdm']
+       'train.progress=false', 'objective=mdm', 'eval.tasks=']
 MESH = ['mesh.data=2', 'mesh.fsdp=4']  # 8 devices: 2 processes x 4
 
 
