@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import platform
 import statistics
@@ -192,6 +193,7 @@ def machine() -> dict:
   import jaxlib
   return {
       'device': jax.devices()[0].device_kind,
+      'cpu': _cpu_model(),
       'platform': jax.devices()[0].platform,
       'num_devices': jax.device_count(),
       'jax': jax.__version__,
@@ -201,6 +203,17 @@ def machine() -> dict:
       'date': time.strftime('%Y-%m-%d'),
       'command': ' '.join(['python -m dlmjax.bench', *sys.argv[1:]]),
   }
+
+
+def _cpu_model() -> str:
+  """The host CPU's model name (Linux), else the platform's processor string."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return f'{line.split(":", 1)[1].strip()} x {os.cpu_count()}'
+  except OSError:
+    pass
+  return platform.processor() or 'unknown'
 
 
 # ---------------------------------------------------------------------------------------

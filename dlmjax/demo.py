@@ -116,6 +116,28 @@ def _timing(c: dict | None) -> str:
   return 'never' if c['status'] == 'not_reached' else '-'
 
 
+def task_rows(summary: dict, task: str) -> list[list[str]]:
+  """Rows of the task table: unique tokens, epochs, then AR's and the MDM's final accuracy
+  (+- one standard error over items, seed-averaged) and its distance from chance in standard
+  errors; budgets in table_rows' order."""
+  runs = [r for r in summary['runs'] if task in r.get('tasks', {})]
+  rows = []
+  for u in sorted({r['unique_tokens'] for r in runs}):
+    at_u = [r for r in runs if r['unique_tokens'] == u]
+    row = [_count(u), f'{_mean([float(r["epochs"]) for r in at_u]):.4g}']
+    for obj in ('ar', 'mdm'):
+      scores = [r['tasks'][task] for r in at_u if r['objective'] == obj]
+      if not scores:
+        row += ['-', '-']
+        continue
+      acc = _mean([s['acc'] for s in scores])
+      se = _mean([s['acc_stderr'] for s in scores]) / len(scores) ** 0.5
+      chance = scores[0]['chance']
+      row += [f'{acc:.3f} +- {se:.3f}', f'{(acc - chance) / se:+.1f}' if se > 0 else '-']
+    rows.append(row)
+  return rows
+
+
 def conclusion(summary: dict) -> list[str]:
   """The sentences under the table: where the crossover in unique tokens lies."""
   lines = []
@@ -148,6 +170,20 @@ def print_summary(summary: dict) -> None:
   for line in conclusion(summary):
     console.print('- ' + line, highlight=False)
   console.print('(MDM values are Monte Carlo ELBO bounds; AR values are exact.)', highlight=False)
+  for task in sorted({t for r in summary['runs'] for t in r.get('tasks', {})}):
+    scored = [r for r in summary['runs'] if task in r.get('tasks', {})]
+    first = scored[0]['tasks'][task]
+    mdm = next((r['tasks'][task] for r in scored if r['objective'] == 'mdm'), {})
+    how = f'; MDM: {mdm["estimator"]}, K={mdm["samples"]}' if 'estimator' in mdm else ''
+    table = rich.table.Table(
+        title=f'{task}: final accuracy (chance {first["chance"]:.0%}; {first["items"]} items'
+              f'{how})', title_justify='left')
+    for i, h in enumerate(['unique tokens', 'epochs', 'AR acc', 'SE above chance', 'MDM acc',
+                           'SE above chance']):
+      table.add_column(h, justify='left' if i == 0 else 'right')
+    for row in task_rows(summary, task):
+      table.add_row(*row)
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

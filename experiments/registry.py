@@ -157,7 +157,7 @@ def crossover_tiny() -> Grid:
           for objective in OBJECTIVES for u in (31_250, 250_000, 2_000_000)]
   return Grid('crossover-tiny',
               'AR vs MDM on the tiny CPU model at 2M total tokens: 31.25K, 250K and 2M unique '
-              'tokens (64, 8 and 1 epochs). 6.6 minutes on 2 cores with --workers 2.',
+              'tokens (64, 8 and 1 epochs). 10.3 minutes on 2 cores with --workers 2.',
               'CPU, 2 cores', configs, tuple(runs))
 
 

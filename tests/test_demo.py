@@ -47,6 +47,18 @@ def test_demo_table_shows_extra_per_run_metrics_without_a_winner():
                    '-', '0.250', '0.500']]
 
 
+def test_demo_task_table_gives_accuracy_with_its_standard_error_and_distance_from_chance():
+  def run(obj, u, acc, se, seed=0):
+    return {'objective': obj, 'unique_tokens': u, 'epochs': 2e6 / u, 'seed': seed,
+            'tasks': {'code_cloze': {'acc': acc, 'acc_stderr': se, 'chance': 0.25}}}
+  # Two MDM seeds at 31.25K average to 0.30 with the standard error shrunk by sqrt(2).
+  summary = {'runs': [run('ar', 31_250, 0.33, 0.02), run('mdm', 31_250, 0.28, 0.02),
+                      run('mdm', 31_250, 0.32, 0.02, seed=1), run('ar', 2_000_000, 0.25, 0.02)]}
+  assert demo.task_rows(summary, 'code_cloze') == [
+      ['31.25K', '64', '0.330 +- 0.020', '+4.0', '0.300 +- 0.014', '+3.5'],
+      ['2M', '1', '0.250 +- 0.020', '+0.0', '-', '-']]
+
+
 @pytest.mark.parametrize('argv', [['--only', 'ar-*'], ['--dry-run']])
 def test_demo_refuses_partial_grids_with_a_one_line_error(argv, capsys):
   with pytest.raises(SystemExit) as e:
