@@ -96,7 +96,8 @@ def crossover(unique_tokens: Iterable[float], d: Iterable[float],
   `unique_tokens` and `d` are paired (already seed-averaged). Returns
   {"unique_tokens", "epochs", "status", "direction", "crossings", "points"}: `status` is
   "crossed", "mdm_better_everywhere" (d > 0 at every U), "ar_better_everywhere" (d < 0) or
-  "no_data"; the first crossing (smallest U) is reported, all of them are in `crossings`.
+  "no_data"; the first crossing (smallest U) is reported, all of them are in `crossings`, and
+  the U where d is exactly 0 in `ties` ("everywhere" then means at every other U).
   `direction` "mdm_better_below" is the papers' claim: MDM wins with little unique data.
   """
   pts = sorted(zip(map(float, unique_tokens), map(float, d)))
@@ -104,24 +105,29 @@ def crossover(unique_tokens: Iterable[float], d: Iterable[float],
          'crossings': [], 'points': [{'unique_tokens': u, 'd': v} for u, v in pts]}
   if not pts:
     return out
+  # A crossing is a change of sign between neighbouring non-zero points: interpolated when
+  # they are adjacent, at the first tie when ties lie between them. A tie at an end of the
+  # range, or ties with the same sign on both sides, show no change of leader.
+  signed = [(i, u, v) for i, (u, v) in enumerate(pts) if v != 0.0]
   crossings = []
-  for (u1, d1), (u2, d2) in zip(pts, pts[1:]):
-    if d1 == 0.0:
-      crossings.append((u1, d2))
-    elif d1 * d2 < 0:
-      t = d1 / (d1 - d2)
-      crossings.append((math.exp(math.log(u1) + t * (math.log(u2) - math.log(u1))), d2))
-  if pts[-1][1] == 0.0 and len(pts) > 1:
-    crossings.append((pts[-1][0], -pts[-2][1]))
+  for (i1, u1, d1), (i2, u2, d2) in zip(signed, signed[1:]):
+    if d1 * d2 < 0:
+      if i2 == i1 + 1:
+        t = d1 / (d1 - d2)
+        u = math.exp(math.log(u1) + t * (math.log(u2) - math.log(u1)))
+      else:
+        u = pts[i1 + 1][0]
+      crossings.append((u, d2))
+  out['ties'] = [u for u, v in pts if v == 0.0]
   if crossings:
     # The sign after the crossing says who wins above it: d < 0 there means AR wins at large U.
     out['crossings'] = [c for c, _ in crossings]
     out['unique_tokens'] = crossings[0][0]
     out['status'] = 'crossed'
     out['direction'] = 'mdm_better_below' if crossings[0][1] < 0 else 'ar_better_below'
-  elif all(v > 0 for _, v in pts):
+  elif signed and all(v > 0 for _, _, v in signed):
     out['status'] = 'mdm_better_everywhere'
-  elif all(v < 0 for _, v in pts):
+  elif signed and all(v < 0 for _, _, v in signed):
     out['status'] = 'ar_better_everywhere'
   else:
     out['status'] = 'tie'  # d == 0 at every U
@@ -658,9 +664,11 @@ def _crossover_sentence(model, metric, c) -> str:
     return (f'- **{model}**, {what}{budget}: crossover at U = {_fmt_tokens(c["unique_tokens"])} '
             f'unique tokens{ep}; {side}{more}.')
   if s == 'mdm_better_everywhere':
-    return f'- **{model}**, {what}{budget}: not reached in range{span}: MDM better everywhere.'
+    return (f'- **{model}**, {what}{budget}: not reached in range{span}: MDM better '
+            f'everywhere{_ties(c)}.')
   if s == 'ar_better_everywhere':
-    return f'- **{model}**, {what}{budget}: not reached in range{span}: AR better everywhere.'
+    return (f'- **{model}**, {what}{budget}: not reached in range{span}: AR better '
+            f'everywhere{_ties(c)}.')
   if s == 'tie':
     return f'- **{model}**, {what}{budget}: AR and MDM tie at every U{span}.'
   return f'- **{model}**, {what}: no unique budget has complete runs of both objectives.'
@@ -926,7 +934,7 @@ def plot_accuracy(rows, task: str, cross: dict, path) -> None:
       ax.axvline(c['epochs'], color='gray', lw=1, ls=':',
                  label=f'crossover (accuracy): {c["epochs"]:.3g} ep')
     if _spans_decades([r['epochs'] for r in mrows]):
-      ax.set_xscale('log')
+      _log_scale(ax, 'x', lambda v: f'{v:g}')
     ax.set_title(f'model {model}')
     ax.set_xlabel('epochs (passes over the unique tokens)')
     ax.set_ylabel(f'{task} accuracy')
@@ -991,7 +999,12 @@ def _accuracy_sentence(model, c) -> str:
     return f'- **{model}**: no unique budget has task results for both objectives.'
   span = (f' over U = {_fmt_tokens(c["range"][0])} .. {_fmt_tokens(c["range"][1])}'
           if c.get('range') else '')
-  return f'- **{model}**: no crossover on accuracy{span}: {what}.'
+  return f'- **{model}**: no crossover on accuracy{span}: {what}{_ties(c)}.'
+
+
+def _ties(c) -> str:
+  ties = c.get('ties') if c['status'] != 'tie' else None
+  return f' but a tie at U = {", ".join(_fmt_tokens(u) for u in ties)}' if ties else ''
 
 
 def _accuracy_markdown(rows) -> list[str]:

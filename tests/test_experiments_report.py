@@ -70,6 +70,18 @@ def test_crossover_reports_the_first_sign_change_and_its_direction():
 
 def test_crossover_not_reached_says_which_side():
   assert report.crossover([1e5, 1e6, 1e7], [0.3, 0.2, 0.1])['status'] == 'mdm_better_everywhere'
+
+
+def test_a_tie_is_a_crossing_only_where_the_leader_changes():
+  # A tie at the end of the range: AR leads at every other U, no crossing is claimed.
+  c = report.crossover([1e4, 1e5, 1e6], [0.0, -0.1, -0.2])
+  assert c['status'] == 'ar_better_everywhere' and c['ties'] == [1e4]
+  # MDM ahead, a tie, AR ahead: the crossing is at the tie.
+  c = report.crossover([1e4, 1e5, 1e6], [0.1, 0.0, -0.2])
+  assert c['status'] == 'crossed' and c['unique_tokens'] == 1e5
+  assert c['direction'] == 'mdm_better_below'
+  # AR ahead on both sides of a tie: no change of leader.
+  assert report.crossover([1e4, 1e5, 1e6], [-0.1, 0.0, -0.2])['status'] == 'ar_better_everywhere'
   c = report.crossover([1e5, 1e6, 1e7], [-0.3, -0.2, -0.1])
   assert c['status'] == 'ar_better_everywhere'
   assert c['unique_tokens'] is None and c['epochs'] is None
