@@ -9,10 +9,23 @@ and renames it when complete, so a crash never leaves a half-written checkpoint 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+
+@contextlib.contextmanager
+def _absl_warnings_off():
+  logger = logging.getLogger('absl')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 class Checkpointer:
@@ -20,13 +33,18 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int = 2, read_only: bool = False):
     self.directory = pathlib.Path(directory).absolute()
+    # Read-only (a loaded run): the options orbax would otherwise reset with a warning each.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=None if read_only else keep, create=not read_only, read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
         # Saving overlaps training; `wait` is called before anything reads the result.
         enable_async_checkpointing=not read_only)
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_names=('state', 'data', 'meta'))
+    # Orbax also logs a warning that a read-only directory is read only.
+    quiet = _absl_warnings_off() if read_only else contextlib.nullcontext()
+    with quiet:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_names=('state', 'data', 'meta'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
