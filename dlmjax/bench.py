@@ -25,8 +25,8 @@ The tiny train step is fed real packed batches of the embedded corpus, the 1B st
 packed rows (it needs no tokenizer); times are medians over repeats after compilation and a
 warm-up. The attention shapes default per platform (CPU: L=256, 512 in float32; GPU/TPU:
 L=2048, 4096, the 1B preset's heads, bfloat16) and can be set with --attn-* flags;
---sections picks sections. `--gpu-tests` first runs the GPU tests (`pytest -m gpu`) and adds their outcome;
-`make bench-gpu` does all of it on a GPU machine and writes runs/bench-gpu.{json,md}.
+--sections picks sections. `--gpu-tests` first runs the GPU tests (`pytest -m gpu`) and adds
+their outcome; `make bench-gpu` does all of it on a GPU machine and writes runs/bench-gpu.{json,md}.
 """
 
 from __future__ import annotations
@@ -404,8 +404,8 @@ def to_markdown(res: dict) -> str:
     lines += [''] if t.get('failing') else []
   figures = [(k, v) for k, v in res.items() if isinstance(v, float)]
   if figures:
-    lines += [f'## Figures (`{res.get("config", {}).get("name", "tiny")}` preset)', '', '| figure | value | target |',
-              '|---|---|---|']
+    name = res.get('config', {}).get('name', 'tiny')
+    lines += [f'## Figures (`{name}` preset)', '', '| figure | value | target |', '|---|---|---|']
     lines += [f'| `{k}` | {v:,.4g} | {_target_mark(k, v)} |' for k, v in figures]
     lines.append('')
   step = res.get('step')

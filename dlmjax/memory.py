@@ -35,8 +35,8 @@ parallelism, where the rules split them) h query heads, k kv heads, f MLP column
 The coefficients were read off XLA's buffer assignment (`compiled.memory_analysis()`) of the
 real train step on CPU, as bytes per token and layer while d_model, d_ff, heads and length
 vary; tests/test_multidevice.py checks the estimate against it on 8 forced devices, and
-docs/architecture.md ("Memory") has the figures. Not counted: XLA's workspace for collectives and fusions and the
-allocator's fragmentation, so keep 10-20% of a device free.
+docs/architecture.md ("Memory") has the figures. Not counted: XLA's workspace for
+collectives and fusions and the allocator's fragmentation, so keep 10-20% of a device free.
 """
 
 from __future__ import annotations

@@ -42,11 +42,11 @@ Both are computed over the whole global batch (padding tokens included), so ever
 the same value. Load metrics: max_load = the busiest expert's assignments over the mean
 (1 = balanced), dropped = share of assignments over capacity (0 for dropless).
 
-Expert parallelism. Expert weights carry the logical name 'expert' (-> the `expert` mesh
-axis, which also splits the batch rows: outside the MoE layers it is one more data-parallel
-axis). Under the trainer's mesh (`sharding.activation_mesh`, more than one device) the layer runs per device in
-`jax.shard_map`: each device routes its own rows; with an expert axis of size P > 1 it holds
-El = E / P experts, sends each assignment to the shard holding its expert with one
+Expert parallelism. Expert weights carry the logical name 'expert' (-> the `expert` mesh axis,
+which also splits the batch rows: outside the MoE layers it is one more data-parallel axis).
+Under the trainer's mesh (`sharding.activation_mesh`, more than one device) the layer runs per
+device in `jax.shard_map`: each device routes its own rows; with an expert axis of size P > 1
+it holds El = E / P experts, sends each assignment to the shard holding its expert with one
 `all_to_all`, runs its experts, and gets the results back with a second. Capacity dispatch
 exchanges its fixed [E, C] slot buffers the same way (GShard). The statistics behind the
 auxiliary losses are summed over the batch axes with psum. Dropless dispatch must reserve
@@ -379,9 +379,9 @@ def _moe(x_BxLxD, w_router_DxE, w_gate_up, w_down, dropout_rng, *, s: _Static,
 
 def moe_forward(x_BxLxD, w_router_DxE, w_gate_up_ExDx2xF, w_down_ExFxD, dropout_rng,
                 s: _Static) -> tuple[jax.Array, jax.Array]:
-  """(B x L x D, layer stats). Under the trainer's mesh (`sharding.activation_mesh`) whose batch axes
-  split the rows, routing and dispatch run per device in `jax.shard_map`: rows stay where the
-  batch sharding put them (routed on global arrays, a sharded batch makes XLA gather every
+  """(B x L x D, layer stats). Under the trainer's mesh (`sharding.activation_mesh`) whose batch
+  axes split the rows, routing and dispatch run per device in `jax.shard_map`: rows stay where
+  the batch sharding put them (routed on global arrays, a sharded batch makes XLA gather every
   token's probabilities for top_k), and with an expert axis of size P > 1 each device holds
   E / P experts and exchanges tokens by all_to_all."""
   args = (x_BxLxD, w_router_DxE, w_gate_up_ExDx2xF, w_down_ExFxD, dropout_rng)
