@@ -165,7 +165,6 @@ def run(cfg) -> dict:
   fpt = flops.train_flops_per_token(cfg.model, cfg.model.vocab_size, cfg.data.seq_len)
   tps = tokens / t_mdm
   return {
-      **machine(),
       'config': {'name': cfg.name, 'd_model': cfg.model.d_model, 'n_layers': cfg.model.n_layers,
                  'seq_len': cfg.data.seq_len, 'batch_size': cfg.train.batch_size,
                  'dtype': cfg.model.dtype},
@@ -391,7 +390,8 @@ def to_markdown(res: dict) -> str:
   """The bench result as markdown: the machine, the GPU tests, the tiny-preset figures and
   the 1B step table."""
   lines = ['# dlmjax bench', '',
-           f'{res["device"]} x {res["num_devices"]} ({res["platform"]}), {res["date"]}; '
+           f'{res["device"]} x {res["num_devices"]} ({res["platform"]}; host {res["cpu"]}), '
+           f'{res["date"]}; '
            f'jax {res["jax"]}, jaxlib {res["jaxlib"]}, flax {res["flax"]}, Python {res["python"]}',
            '', f'command: `{res["command"]}`', '']
   if 'tests' in res:

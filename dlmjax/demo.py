@@ -75,7 +75,7 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     at_u = [r for r in runs if r['unique_tokens'] == u]
     value = lambda obj, key: _mean([float(r[key]) for r in at_u
                                     if r['objective'] == obj and r.get(key) is not None])
-    row = [_count(u), f'{_mean([float(r["epochs"]) for r in at_u]):.4g}']
+    row = _budget_cells(u, at_u)
     for key, _ in COMPARED:
       ar, mdm = value('ar', key), value('mdm', key)
       row += [_num(ar), _num(mdm), _winner(ar, mdm)]
@@ -84,6 +84,11 @@ def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
       row += [_num(value('ar', key)), _num(value('mdm', key))]
     rows.append(row)
   return header, rows
+
+
+def _budget_cells(unique_tokens: float, runs: list[dict]) -> list[str]:
+  """The first two cells of a table row: the budget and its epochs (mean over the runs)."""
+  return [_count(unique_tokens), f'{_mean([float(r["epochs"]) for r in runs]):.4g}']
 
 
 def _count(n: float) -> str:
@@ -124,7 +129,7 @@ def task_rows(summary: dict, task: str) -> list[list[str]]:
   rows = []
   for u in sorted({r['unique_tokens'] for r in runs}):
     at_u = [r for r in runs if r['unique_tokens'] == u]
-    row = [_count(u), f'{_mean([float(r["epochs"]) for r in at_u]):.4g}']
+    row = _budget_cells(u, at_u)
     for obj in ('ar', 'mdm'):
       scores = [r['tasks'][task] for r in at_u if r['objective'] == obj]
       if not scores:

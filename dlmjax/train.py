@@ -204,7 +204,8 @@ class Trainer:
   def compile(self, local_batch_shapes: dict[str, tuple[int, ...]]) -> None:
     """Lowers and compiles the step before the loop (compile time is not step time)."""
     global_rows = self.cfg.train.batch_size
-    batch = {k: jax.ShapeDtypeStruct((global_rows,) + s[1:], jnp.int32, sharding=self.batch_sharding)
+    batch = {k: jax.ShapeDtypeStruct((global_rows,) + s[1:], jnp.int32,
+                                     sharding=self.batch_sharding)
              for k, s in local_batch_shapes.items()}
     self._step = self._step.lower(self.abstract_state, batch).compile(
         compiler_options(self.cfg, self.mesh))
@@ -262,9 +263,9 @@ def resolve_run_dir(cfg: Config) -> RunDir:
       cfg.model.vocab_size = previous.model.vocab_size
     changed = config_lib.diff_keys(previous, cfg)
     if changed:
+      was = config_lib.flatten(config_lib.to_dict(previous))[changed[0]]
       raise UserError(f'run_dir {rd.path} holds a run with a different config (key '
-                      f'{changed[0]!r}: {config_lib.flatten(config_lib.to_dict(previous))[changed[0]]!r}'
-                      f' there); use another run_dir')
+                      f'{changed[0]!r}: {was!r} there); use another run_dir')
   return rd
 
 

@@ -288,8 +288,8 @@ def timing_trends(entries: list[dict], order) -> dict:
   more_data = {}
   for model in models:
     cs = sorted((c for c in main if c['model'] == model), key=lambda c: c['unique_tokens'])
-    more_data[str(model)] = _ordering([(_timing_key(a), _timing_key(b)) for a, b in zip(cs, cs[1:])],
-                                      later_is_yes=True)
+    pairs = [(_timing_key(a), _timing_key(b)) for a, b in zip(cs, cs[1:])]
+    more_data[str(model)] = _ordering(pairs, later_is_yes=True)
   larger = {}
   for small, large in zip(models, models[1:]):
     by_u = {m: {c['unique_tokens']: _timing_key(c) for c in main if c['model'] == m}
@@ -693,8 +693,8 @@ def _timing_markdown(entries, trends) -> list[str]:
            'validation curve (seed-averaged) goes below the AR\'s, interpolated linearly between '
            'eval points; "not reached": AR stays ahead to the end of the run. The papers expect '
            'it later with more unique data and earlier with a larger model.', '',
-           '| model | U | run: tokens (epochs) | crossover: training tokens | epochs | share of run '
-           '| MDM ahead at end | seeds |',
+           '| model | U | run: tokens (epochs) | crossover: training tokens | epochs '
+           '| share of run | MDM ahead at end | seeds |',
            '|---|---:|---:|---:|---:|---:|---|---:|']
   for c in entries:
     other = '' if c['main_budget'] else ' (other budget)'

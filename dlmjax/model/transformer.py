@@ -132,7 +132,8 @@ def rope_tables(positions_BxL: jax.Array, dh: int, theta: float) -> tuple[jax.Ar
   return jnp.cos(angle_BxLxDh2), jnp.sin(angle_BxLxDh2)
 
 
-def rope_tables_once(positions_BxL: jax.Array, dh: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_tables_once(positions_BxL: jax.Array, dh: int,
+                     theta: float) -> tuple[jax.Array, jax.Array]:
   """`rope_tables`, computed once into a buffer that every layer reads.
 
   On CPU, XLA fuses the table's sin and cos into each q/k rotation fusion (forward and
