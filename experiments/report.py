@@ -137,6 +137,18 @@ def crossover(unique_tokens: Iterable[float], d: Iterable[float],
   return out
 
 
+def budget_crossover(brows: list[dict], field: str, budget: float, *,
+                     higher_is_better: bool = False) -> dict:
+  """`crossover` of AR against MDM on `field` (seed means) over the unique-token values that
+  both objectives have at one total budget; d > 0 where the MDM is better."""
+  means = _mean_by(brows, lambda r: (r['objective'], r['unique_tokens']), field)
+  us = sorted({u for (o, u) in means if o == 'ar'} & {u for (o, u) in means if o == 'mdm'})
+  sign = -1.0 if higher_is_better else 1.0
+  c = crossover(us, [sign * (means['ar', u] - means['mdm', u]) for u in us], budget)
+  c['train_tokens'] = budget
+  return c
+
+
 def crossovers(rows: list[dict]) -> dict:
   """{model: {"final": crossover, "best": crossover}} at each model's total-token budget.
 
@@ -149,14 +161,8 @@ def crossovers(rows: list[dict]) -> dict:
     per_budget = {}
     for budget in sorted({r['budget_tokens'] for r in mrows}):
       brows = [r for r in mrows if r['budget_tokens'] == budget]
-      entry = {}
-      for metric, field in METRICS.items():
-        means = _mean_by(brows, lambda r: (r['objective'], r['unique_tokens']), field)
-        us = sorted({u for (o, u) in means if o == 'ar'} & {u for (o, u) in means if o == 'mdm'})
-        c = crossover(us, [means['ar', u] - means['mdm', u] for u in us], budget)
-        c['train_tokens'] = budget
-        entry[metric] = c
-      per_budget[budget] = entry
+      per_budget[budget] = {metric: budget_crossover(brows, field, budget)
+                            for metric, field in METRICS.items()}
     main = _main_budget(mrows)
     out[model] = dict(per_budget[main])
     others = [per_budget[b] for b in per_budget if b != main]
@@ -856,18 +862,10 @@ def accuracy_crossovers(rows, task: str) -> dict:
   for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
     mrows = [dict(r, acc=r['tasks'][task]['acc']) for r in rows
              if r['model'] == model and task in r['tasks']]
-    budgets = {r['budget_tokens'] for r in mrows}
-    best = None
-    for budget in sorted(budgets):
-      means = _mean_by([r for r in mrows if r['budget_tokens'] == budget],
-                       lambda r: (r['objective'], r['unique_tokens']), 'acc')
-      us = sorted({u for (o, u) in means if o == 'ar'} & {u for (o, u) in means if o == 'mdm'})
-      c = crossover(us, [means['mdm', u] - means['ar', u] for u in us], budget)
-      c['train_tokens'] = budget
-      if best is None or len(c['points']) >= len(best['points']):
-        best = c
-    if best is not None:
-      out[model] = best
+    if mrows:
+      budget = _main_budget(mrows)
+      out[model] = budget_crossover([r for r in mrows if r['budget_tokens'] == budget], 'acc',
+                                    budget, higher_is_better=True)
   return out
 
 
