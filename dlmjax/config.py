@@ -102,11 +102,12 @@ class ARConfig:
 class MDMConfig:
   """Options of the `mdm` objective (masked diffusion, the papers' recipe by default)."""
 
-  eps: float = 1e-3  # t ~ U(eps, 1)
+  eps: float = 1e-3  # training t ~ U(eps, 1); evaluation always uses mdm.EVAL_EPS = 1e-3
   schedule: str = 'linear'  # linear (alpha_t = 1 - t) | cosine
   antithetic: bool = False  # low-discrepancy t across the batch (MDLM)
   loss_norm: str = 'token'  # token: sum / non-pad tokens in batch | sequence: per row
-  random_length_frac: float = 0.0  # share of rows truncated to a random length (SMDM: 0.01)
+  # Share of rows truncated to a random length: 1%, as SMDM, LLaDA and MegaDLMs train.
+  random_length_frac: float = 0.01
 
 
 @dataclasses.dataclass

@@ -66,9 +66,11 @@ from jax.experimental import io_callback
 from dlmjax import config as config_lib
 from dlmjax.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 from dlmjax.errors import ConfigError, UserError, exit_on_user_error
+from dlmjax.model.transformer import NEVER_PREDICTED
 
 PROMPT_BUCKET = 16  # prompts are left-padded to a multiple of this many tokens
-NEVER_GENERATED = (PAD_ID, BOS_ID, MASK_ID)
+# The model suppresses these logits itself; the samplers ban them again for any model.
+NEVER_GENERATED = NEVER_PREDICTED
 _DLM_ONLY = {'steps': 0, 'block_length': 0, 'remasking': 'low_confidence'}
 
 

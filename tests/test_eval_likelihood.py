@@ -22,6 +22,7 @@ from dlmjax.config import Config
 from dlmjax.data.tokenizer import BOS_ID
 from dlmjax.eval import likelihood
 from dlmjax.eval.likelihood import ContinuationScorer
+from dlmjax.objectives import mdm
 from dlmjax.objectives.targets import MASK_ID
 
 V = 8
@@ -110,7 +111,7 @@ def test_sampled_estimator_matches_the_true_log_likelihood_in_expectation(estima
 
 def test_mc_elbo_ld_puts_one_time_in_each_of_the_k_strata_of_a_pair():
   rows, chunk, _, _, _, weight = packed(PAIRS[:40], 'mc_elbo_ld')
-  eps = Config().mdm.eps
+  eps = mdm.EVAL_EPS
   u = (1.0 / weight[:len(chunk)] - eps) / (1 - eps)  # linear schedule: weight = 1 / t
   strata = {}
   for b, r in enumerate(chunk):

@@ -128,3 +128,57 @@ def test_objective_losses_and_nll_equal_their_logits_path_values(objective, norm
   for got, want in both(model):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_suppressed_ids_get_no_probability_no_gradient_and_match_the_reference():
+  h, w, t, wt = _problem(5, v=13)
+  never = (0, 1, 3)
+  # Targets at suppressed ids only where the weight is 0 (padding): finite, and they add 0.
+  t = jnp.where(jnp.isin(t, jnp.asarray(never)) & (wt > 0), 5, t)
+  fused_fn = lambda h, w: fused.linear_cross_entropy(h, w, t, wt, num_chunks=2,
+                                                    never_predicted=never)
+  ref_fn = lambda h, w: fused.linear_cross_entropy_reference(h, w, t, wt, never)
+  (loss, ce), (gh, gw) = jax.jit(jax.value_and_grad(fused_fn, (0, 1), has_aux=True))(h, w)
+  (ref, ref_ce), (rh, rw) = jax.jit(jax.value_and_grad(ref_fn, (0, 1), has_aux=True))(h, w)
+  assert np.isfinite(float(loss))
+  np.testing.assert_allclose(loss, ref, rtol=1e-5)
+  np.testing.assert_allclose(gh, rh, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gw, rw, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(gw)[:, list(never)], 0.0)
+  # The CE of an allowed target is that of a softmax over the allowed ids only.
+  logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+  allowed = [i for i in range(13) if i not in never]
+  sub = logits[..., allowed]
+  lse = np.log(np.exp(sub - sub.max(-1, keepdims=True)).sum(-1)) + sub.max(-1)
+  want = lse - np.take_along_axis(logits, np.asarray(t)[..., None], -1)[..., 0]
+  keep = np.asarray(wt) > 0
+  np.testing.assert_allclose(np.asarray(ce)[keep], want[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_the_transformer_never_predicts_padding_bos_or_the_mask():
+  from dlmjax.model.transformer import NEVER_PREDICTED
+  model = Transformer(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32), 23,
+                      rngs=nnx.Rngs(2))
+  tokens = jnp.asarray(np.random.default_rng(6).integers(4, 23, (2, 8)), jnp.int32)
+  seg, pos = jnp.ones((2, 8), jnp.int32), jnp.broadcast_to(jnp.arange(8), (2, 8))
+  for causal in (True, False):
+    p = jax.nn.softmax(model(tokens, seg, pos, causal=causal), axis=-1)
+    np.testing.assert_array_equal(np.asarray(p)[..., list(NEVER_PREDICTED)], 0.0)
+    np.testing.assert_allclose(np.asarray(p).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_mdm_evaluation_uses_the_fixed_eval_eps_whatever_the_training_eps():
+  cfg = Config()
+  cfg.model = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32)
+  model = Transformer(cfg.model, 23, rngs=nnx.Rngs(1))
+  batch = {'tokens': jnp.asarray(np.random.default_rng(7).integers(4, 23, (4, 9)), jnp.int32),
+           'segment_ids': jnp.ones((4, 9), jnp.int32),
+           'positions': jnp.broadcast_to(jnp.arange(9), (4, 9))}
+  key = jax.random.key(8)
+  at = lambda eps: mdm.nll(model, batch, key, Config(model=cfg.model, mdm=type(cfg.mdm)(eps=eps)))
+  base, ablated = at(mdm.EVAL_EPS), at(0.5)
+  for a, b in zip(base, ablated):
+    np.testing.assert_array_equal(a, b)
+  # ... while training does see its own eps: at 0.5 every row masks at least ~half.
+  c = mdm.corrupt(batch, key, Config(mdm=type(cfg.mdm)(eps=0.5)), train=True)
+  assert float(c.t_B.min()) >= 0.5

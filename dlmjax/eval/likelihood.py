@@ -19,7 +19,8 @@ estimators, all unbiased for their target with exact conditionals:
                uniform u (as LLaDA's reference code draws them): lower variance
   mc_elbo      t ~ U(eps, 1), each continuation token masked with probability 1 - alpha_t,
                weight -alpha'_t / (1 - alpha_t) (1 / t for the linear schedule; SMDM): the
-               ELBO the model was trained on (cfg.mdm.schedule, cfg.mdm.eps)
+               ELBO the model was trained on (cfg.mdm.schedule), with t from
+               U(mdm.EVAL_EPS, 1) whatever the training eps
   mc_elbo_ld   as mc_elbo, with the K times of a pair stratified, t_k = eps + (1 - eps)(u + k)
                / K (low-discrepancy t, MDLM's sampler)
   chain_rule   left to right, one token at a time: token j scored with tokens < j visible
@@ -179,7 +180,7 @@ def dlm_masks(batch: dict, base_key: jax.Array, cfg: Config, *, estimator: str,
     return masked_BxL, masked_BxL, n_B / l_B
   if estimator not in ('mc_elbo', 'mc_elbo_ld'):
     raise ValueError(f'unknown estimator {estimator!r}; known: {", ".join(ESTIMATORS)}')
-  t_B = cfg.mdm.eps + (1.0 - cfg.mdm.eps) * u_B
+  t_B = mdm.EVAL_EPS + (1.0 - mdm.EVAL_EPS) * u_B
   mask_prob_B, weight_B = mdm.schedule(t_B, cfg.mdm.schedule)
   masked_BxL = is_cont_BxL & (_uniform_BxL(sample_keys_B, 1, start_B, length)
                               < mask_prob_B[:, None])

@@ -3,7 +3,8 @@ the output projection with the cross-entropy.
 
     q_NxKxGxDh, k_NxKxDh, v_NxKxDh = qkv_projection(x_NxD, w_qkv_DxKxSxDh)
     y_NxD = swiglu(x_NxD, w_gate_up_Dx2xF, w_down_FxD)
-    loss, ce_BxL = linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks=C)
+    loss, ce_BxL = linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks=C,
+                                        never_predicted=(0, 1, 3))
 
 Legend: N tokens (batch x length, flattened), D d_model, K kv heads, G query heads per kv
 head, S = G + 2 slots per kv head (G queries, then the key, then the value), Dh head dim,
@@ -134,17 +135,33 @@ def ce_chunks(length: int, vocab_size: int, rows: int, chunk_tokens: int = 0) ->
 
 
 def linear_cross_entropy(h_BxLxD: jax.Array, w_DxV: jax.Array, targets_BxL: jax.Array,
-                         weights_BxL: jax.Array, *, num_chunks: int = 1):
+                         weights_BxL: jax.Array, *, num_chunks: int = 1,
+                         never_predicted: tuple[int, ...] = ()):
   """(sum of weights x CE, float32 scalar; CE float32 BxL, no gradient) of logits h @ w.
 
   CE is -log softmax(h @ w)[target] at every position, computed in float32 from a product
   in h's dtype with float32 accumulation (w is cast to h's dtype, as the model's own output
   projection does). Only the weighted sum carries a gradient; the objectives put everything
-  that depends on the batch (masks, 1/t, normalisation) into `weights_BxL`.
+  that depends on the batch (masks, 1/t, normalisation) into `weights_BxL`. The logits of
+  the vocabulary ids in `never_predicted` are set to `SUPPRESSED` (`suppress_logits`): they
+  get no probability and no gradient.
   """
   loss, ce_BxL = _linear_ce(h_BxLxD, w_DxV, targets_BxL, weights_BxL.astype(jnp.float32),
-                            num_chunks)
+                            num_chunks, tuple(never_predicted))
   return loss, jax.lax.stop_gradient(ce_BxL)
+
+
+# Finite, not -inf: a suppressed id at a padding position (weight 0) then has a large CE
+# times 0 = 0, where -inf would give inf x 0 = NaN; exp(-1e9 - lse) is exactly 0 in float32.
+SUPPRESSED = -1e9
+
+
+def suppress_logits(logits_BxLxV: jax.Array, never_predicted: tuple[int, ...]) -> jax.Array:
+  """The logits with the ids in `never_predicted` set to SUPPRESSED (MDLM's -inf on the mask
+  logit, for every id that is never a target: padding, BOS, the mask)."""
+  if not never_predicted:
+    return logits_BxLxV
+  return logits_BxLxV.at[..., jnp.asarray(never_predicted)].set(SUPPRESSED)
 
 
 def _chunked(x_BxLx, num_chunks):
@@ -160,27 +177,28 @@ def _unchunked(x_CxBxTx):
   return jnp.moveaxis(x_CxBxTx, 0, 1).reshape(b, c * t, *x_CxBxTx.shape[3:])
 
 
-def _chunk_ce(h_BxTxD, w_DxV, targets_BxT):
+def _chunk_ce(h_BxTxD, w_DxV, targets_BxT, never_predicted):
   """float32 logits, logsumexp and CE of one chunk."""
-  logits_BxTxV = jnp.einsum('btd,dv->btv', h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
-                            preferred_element_type=jnp.float32)
+  logits_BxTxV = suppress_logits(
+      jnp.einsum('btd,dv->btv', h_BxTxD, w_DxV.astype(h_BxTxD.dtype),
+                 preferred_element_type=jnp.float32), never_predicted)
   lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
   target_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
   return logits_BxTxV, lse_BxT, lse_BxT - target_BxT
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _linear_ce(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_ce(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks, never_predicted):
   if num_chunks == 1:
-    ce_BxL = _chunk_ce(h_BxLxD, w_DxV, targets_BxL)[2]
+    ce_BxL = _chunk_ce(h_BxLxD, w_DxV, targets_BxL, never_predicted)[2]
   else:
-    ce_CxBxT = jax.lax.map(lambda a: _chunk_ce(a[0], w_DxV, a[1])[2],
+    ce_CxBxT = jax.lax.map(lambda a: _chunk_ce(a[0], w_DxV, a[1], never_predicted)[2],
                            (_chunked(h_BxLxD, num_chunks), _chunked(targets_BxL, num_chunks)))
     ce_BxL = _unchunked(ce_CxBxT)
   return (weights_BxL * ce_BxL).sum(), ce_BxL
 
 
-def _linear_ce_forward(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks):
+def _linear_ce_forward(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks, never_predicted):
   # The loss is a weighted sum, so its gradient is known up to the one scalar cotangent:
   # compute it here, chunk by chunk, while each chunk's logits exist, and let the backward
   # pass only scale it (Liger-Kernel's fused linear cross-entropy does the same). Nothing
@@ -190,7 +208,7 @@ def _linear_ce_forward(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks):
 
   def chunk(dw_DxV, xs):
     h_BxTxD, targets_BxT, weights_BxT = xs
-    logits_BxTxV, lse_BxT, ce_BxT = _chunk_ce(h_BxTxD, w_DxV, targets_BxT)
+    logits_BxTxV, lse_BxT, ce_BxT = _chunk_ce(h_BxTxD, w_DxV, targets_BxT, never_predicted)
     p_BxTxV = jnp.exp(logits_BxTxV - lse_BxT[..., None])
     onehot_BxTxV = jax.nn.one_hot(targets_BxT, p_BxTxV.shape[-1], dtype=jnp.bool_)
     dlogits_BxTxV = (weights_BxT[..., None] * jnp.where(onehot_BxTxV, p_BxTxV - 1.0, p_BxTxV)
@@ -212,8 +230,8 @@ def _linear_ce_forward(h_BxLxD, w_DxV, targets_BxL, weights_BxL, num_chunks):
   return (loss, ce_BxL), (dh_BxLxD, dw_DxV.astype(w_DxV.dtype), ce_BxL)
 
 
-def _linear_ce_backward(num_chunks, residuals, cotangents):
-  del num_chunks
+def _linear_ce_backward(num_chunks, never_predicted, residuals, cotangents):
+  del num_chunks, never_predicted
   dh_BxLxD, dw_DxV, ce_BxL = residuals
   g_loss, _ = cotangents  # CE is returned without gradient (stop_gradient in the wrapper)
   return ((g_loss * dh_BxLxD).astype(dh_BxLxD.dtype), (g_loss * dw_DxV).astype(dw_DxV.dtype),
@@ -223,9 +241,13 @@ def _linear_ce_backward(num_chunks, residuals, cotangents):
 _linear_ce.defvjp(_linear_ce_forward, _linear_ce_backward)
 
 
-def linear_cross_entropy_reference(h_BxLxD, w_DxV, targets_BxL, weights_BxL):
+def linear_cross_entropy_reference(h_BxLxD, w_DxV, targets_BxL, weights_BxL,
+                                   never_predicted=()):
   logits_BxLxV = jnp.einsum('bld,dv->blv', h_BxLxD, w_DxV.astype(h_BxLxD.dtype),
                             preferred_element_type=jnp.float32)
+  logits_BxLxV = jnp.where(jnp.isin(jnp.arange(logits_BxLxV.shape[-1]),
+                                    jnp.asarray(never_predicted, jnp.int32)),
+                           SUPPRESSED, logits_BxLxV)
   target_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
   ce_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1) - target_BxL
   return (weights_BxL * ce_BxL).sum(), jax.lax.stop_gradient(ce_BxL)

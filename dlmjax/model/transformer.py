@@ -46,7 +46,14 @@ from flax import nnx
 
 from dlmjax import sharding
 from dlmjax.config import ModelConfig
+from dlmjax.data.tokenizer import BOS_ID, MASK_ID, PAD_ID
 from dlmjax.model import attention, fused, moe
+
+# Vocabulary ids that are never a target (docs/architecture.md, "What is predicted"): padding,
+# BOS (always a segment's first token, which is context) and the mask (an input only). Their
+# output logits are suppressed for every objective, as MDLM sets the mask's to -inf: no
+# probability is spent on them, and a sampler can never emit them.
+NEVER_PREDICTED = (PAD_ID, BOS_ID, MASK_ID)
 
 # The logical axis names parameters carry. 'qkv' indexes the fused projection's G + 2 slots
 # per kv head (G query heads, then k, then v). The size-2 gate/up axis of the fused SwiGLU
@@ -301,6 +308,7 @@ class Transformer(nnx.Module):
     x_BxLxD, cache = out if cache is not None else (out, None)
     logits_BxLxV = jnp.einsum('bld,dv->blv', x_BxLxD, self.unembedding().astype(x_BxLxD.dtype),
                               preferred_element_type=jnp.float32)
+    logits_BxLxV = fused.suppress_logits(logits_BxLxV, self.never_predicted)
     logits_BxLxV = sharding.constrain(logits_BxLxV.astype(jnp.float32), ACT_BxLxV)
     return logits_BxLxV if cache is None else (logits_BxLxV, cache)
 
@@ -333,6 +341,11 @@ class Transformer(nnx.Module):
                                                segment_ids_BxL, causal=causal, cache=cache)
     x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD if cache is None else (x_BxLxD, cache)
+
+  @property
+  def never_predicted(self) -> tuple[int, ...]:
+    """The ids whose output logits are suppressed (NEVER_PREDICTED within the vocabulary)."""
+    return tuple(i for i in NEVER_PREDICTED if i < self.vocab_size)
 
   def unembedding(self) -> jax.Array:
     """The output projection DxV in the parameter dtype (the input embedding, transposed,

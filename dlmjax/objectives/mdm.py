@@ -10,6 +10,10 @@ ELBO weights a masked token's cross-entropy by -alpha'_t / (1 - alpha_t):
   cosine  alpha_t = cos(pi t / 2)  mask prob 2 sin^2(pi t/4)  weight (pi / 2) / tan(pi t / 4)
 With exact conditionals the expectation of the summed weighted CE is the NLL of the targets
 given the context tokens (any-order autoregression), hence an upper bound for a learned model.
+
+Evaluation (`nll`, and the `mc_elbo` task estimators) always draws t from U(EVAL_EPS, 1),
+whatever `mdm.eps` trained the model: runs that ablate the training eps are then scored on
+the same quantity (the ELBO's t integral from EVAL_EPS to 1).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import jax.numpy as jnp
 from dlmjax.config import Config
 from dlmjax.objectives import auxiliary
 from dlmjax.objectives.targets import MASK_ID, PAD_ID, prediction_mask
+
+EVAL_EPS = 1e-3  # the lower end of t in every evaluation (see the module docstring)
 
 
 def schedule(t_B: jax.Array, name: str) -> tuple[jax.Array, jax.Array]:
@@ -70,13 +76,15 @@ class Corrupted(NamedTuple):
 
 
 def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupted:
-  """The forward process. `train=False` (evaluation) skips random lengths and antithetic t."""
+  """The forward process. `train=False` (evaluation) skips random lengths and antithetic t
+  and draws t from U(EVAL_EPS, 1)."""
   t_rng, mask_rng, len_rng = jax.random.split(rng, 3)
   if train and cfg.mdm.random_length_frac > 0.0:
     batch = cut_random_lengths(batch, len_rng, cfg.mdm.random_length_frac)
   tokens_BxL = batch['tokens']
   b = tokens_BxL.shape[0]
-  t_B = sample_t(t_rng, b, cfg.mdm.eps, antithetic=train and cfg.mdm.antithetic)
+  t_B = sample_t(t_rng, b, cfg.mdm.eps if train else EVAL_EPS,
+                 antithetic=train and cfg.mdm.antithetic)
   mask_prob_B, weight_B = schedule(t_B, cfg.mdm.schedule)
   is_target_BxL = prediction_mask(batch['segment_ids'])
   masked_BxL = is_target_BxL & (jax.random.uniform(mask_rng, tokens_BxL.shape)

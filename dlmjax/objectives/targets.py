@@ -51,7 +51,7 @@ def weighted_ce(model, inputs_BxL: jax.Array, segment_ids_BxL: jax.Array,
     b, length = targets_BxL.shape
     chunks = fused.ce_chunks(length, w_DxV.shape[-1], b, chunk_tokens)
     return fused.linear_cross_entropy(h_BxLxD, w_DxV, targets_BxL, weights_BxL,
-                                      num_chunks=chunks)
+                                      num_chunks=chunks, never_predicted=model.never_predicted)
   logits_BxLxV = model(inputs_BxL, segment_ids_BxL, positions_BxL, causal=causal,
                        dropout_rng=dropout_rng)
   ce_BxL = token_ce(logits_BxLxV, targets_BxL)
