@@ -64,7 +64,7 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from dlmjax import config as config_lib
-from dlmjax.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+from dlmjax.data.tokenizer import EOS_ID, MASK_ID, PAD_ID
 from dlmjax.errors import ConfigError, UserError, exit_on_user_error
 from dlmjax.model.transformer import NEVER_PREDICTED
 
