@@ -188,6 +188,67 @@ def crossover_small() -> Grid:
               'CPU, 2 cores', configs, tuple(runs))
 
 
+# The recipe search (docs/study-notes.md, "Recipe search"): one axis at a time from the
+# tiny preset, both objectives under identical settings. At each setting AR is trained to
+# several lengths, each with its own full cosine decay (its early-stopped baseline is the best
+# of them), and the MDM for hundreds of epochs. Tasks are scored afterwards on the final
+# checkpoints (`python -m dlmjax.eval RUN tasks=...`), so the runs skip them.
+RECIPE_U = 16_000
+RECIPE_AR_EPOCHS = (8, 16, 32, 64)
+RECIPE_MDM_EPOCHS = (125, 250, 500)
+RECIPE_AXES = (
+    # (tag, overrides); 'base' is configs/tiny.yaml itself.
+    ('base', ()),
+    ('lr1e-3', ('optimizer.lr=0.001',)),
+    ('lr4e-3', ('optimizer.lr=0.004',)),
+    ('warm20', ('optimizer.warmup_frac=0.2',)),
+    ('L4', ('model.n_layers=4',)),  # twice the FLOPs: depth
+    ('d192', TINY_WIDE),  # 2.1x the FLOPs: width
+    ('d96L4', ('model.d_model=96', 'model.d_ff=384', 'model.n_heads=4', 'model.n_layers=4')),
+    ('seq256', ('data.seq_len=256', 'train.batch_size=16')),  # the same tokens per batch
+    ('seq64', ('data.seq_len=64', 'train.batch_size=64')),
+    ('b16', ('train.batch_size=16',)),
+    ('b64', ('train.batch_size=64',)),
+    ('bpe512', ('data.tokenizer=bpe', 'data.bpe_vocab_size=512')),
+)
+# MDM-only settings: the AR runs of 'base' are their baseline.
+RECIPE_MDM_AXES = (
+    ('anti', ('mdm.antithetic=true',)),
+    ('seqnorm', ('mdm.loss_norm=sequence',)),
+    ('cosine', ('mdm.schedule=cosine',)),
+)
+
+
+def recipe_tiny() -> Grid:
+  configs = ('configs/tiny.yaml',)
+  common = ('eval.tasks=',)
+  runs = []
+  for tag, extras in RECIPE_AXES:
+    for e in RECIPE_AR_EPOCHS:
+      runs.append(make_run(configs, 'ar', 'tiny', RECIPE_U, float(e), extras=common + extras,
+                           tag=tag))
+    for e in RECIPE_MDM_EPOCHS:
+      runs.append(make_run(configs, 'mdm', 'tiny', RECIPE_U, float(e), extras=common + extras,
+                           tag=tag))
+  for tag, extras in RECIPE_MDM_AXES:
+    for e in RECIPE_MDM_EPOCHS:
+      runs.append(make_run(configs, 'mdm', 'tiny', RECIPE_U, float(e), extras=common + extras,
+                           tag=tag))
+  # The unique budget itself: half of it, and the one-epoch end of the crossover.
+  for e in (8, 16, 32, 64, 128):
+    runs.append(make_run(configs, 'ar', 'tiny', 8_000, float(e), extras=common, tag='base'))
+  for e in (250, 500, 1000):
+    runs.append(make_run(configs, 'mdm', 'tiny', 8_000, float(e), extras=common, tag='base'))
+  for objective in OBJECTIVES:
+    runs.append(make_run(configs, objective, 'tiny', 1_000_000, 1.0, extras=common, tag='base'))
+  return Grid('recipe-tiny',
+              'Recipe search on the tiny CPU model at U = 16K unique tokens: learning rate, '
+              'warmup, depth and width, sequence length, batch size, tokenizer and the MDM\'s '
+              'loss options, one axis at a time; AR at 8-64 epochs (each with its full '
+              'decay), the MDM at 125-500 epochs; plus U = 8K and one epoch of 1M.',
+              'CPU, 2 cores', configs, tuple(runs))
+
+
 def _build() -> dict[str, Grid]:
   grids = [
       paper_grid('paper-dense',
@@ -207,6 +268,7 @@ def _build() -> dict[str, Grid]:
       ablation_grid(),
       crossover_tiny(),
       crossover_small(),
+      recipe_tiny(),
   ]
   return {g.name: g for g in grids}
 
