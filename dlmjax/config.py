@@ -85,6 +85,9 @@ class DataConfig:
   unique_tokens: int = 0  # U; 0: every training token the corpus holds
   epochs: float = 1.0  # E; the run sees exactly round(U * E) training tokens
   val_fraction: float = 0.02  # share of documents held out (by a hash of their name)
+  # tokenizer=bpe: share of documents, by the next slice of the same hash, that train the
+  # tokenizer and are never trained on (dlmjax/data/store.py)
+  tokenizer_fraction: float = 0.02
   order_seed: int = 0  # document order that makes budgets nested; not the run seed
   cache_dir: str = ''  # token stores; '': $DLMJAX_CACHE or ~/.cache/dlmjax
   prefetch: int = 2  # batches prepared ahead of the train step
@@ -460,6 +463,8 @@ def validate(cfg: Config) -> None:
   _check(d.unique_tokens >= 0, 'data.unique_tokens', 'must be >= 0 (0: the whole corpus)')
   _check(d.epochs > 0, 'data.epochs', 'must be positive')
   _check(0.0 < d.val_fraction < 1.0, 'data.val_fraction', 'must be in (0, 1)')
+  _check(0.0 < d.tokenizer_fraction < 1.0 - d.val_fraction, 'data.tokenizer_fraction',
+         f'must be in (0, 1 - data.val_fraction={d.val_fraction})')
   _check(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
 
   _check(0.0 <= cfg.ar.input_mask_rate < 1.0, 'ar.input_mask_rate', 'must be in [0, 1)')

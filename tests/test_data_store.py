@@ -126,3 +126,35 @@ def test_stdlib_byte_store_builds_in_seconds_and_decodes_to_the_files(tmp_path):
   assert tok.decode(store.doc(i)) == (corpus.root / 'os.py').read_text(encoding='utf-8')
   assert store.doc_bytes.sum() + 2 * store.num_docs == store.num_tokens
   assert 0 < store.is_val.sum() < 0.1 * store.num_docs
+
+
+def test_a_trained_tokenizer_learns_only_from_its_own_split_which_no_budget_or_validation_holds(
+    tmp_path, monkeypatch):
+  from dlmjax.data import budget, tokenizer as tokenizer_lib
+  _write_corpus(tmp_path / 'corpus', num_docs=60)
+  seen = []
+  real_train = tokenizer_lib.BPETokenizer.train.__func__
+
+  def spy(cls, texts, vocab_size):
+    texts = list(texts)
+    seen.extend(texts)
+    return real_train(cls, texts, vocab_size)
+  monkeypatch.setattr(tokenizer_lib.BPETokenizer, 'train', classmethod(spy))
+  cfg = _cfg(tmp_path, tokenizer='bpe', bpe_vocab_size=300, tokenizer_fraction=0.3)
+  _, store = store_lib.prepare_data(cfg)
+  docs = list(open_corpus(cfg.corpus).documents())
+  want = [d.text for d in docs if 0.2 <= store_lib.val_hash(d.name) < 0.5]
+  assert want and seen == want
+  assert not (store.is_tokenizer & store.is_val).any()
+  assert store.is_tokenizer.sum() == len(want)
+  whole = budget.train_split(store, 0, order_seed=0)
+  assert not (store.is_tokenizer[whole.doc_ids] | store.is_val[whole.doc_ids]).any()
+  assert whole.num_docs == store.num_docs - store.is_val.sum() - store.is_tokenizer.sum()
+
+
+def test_the_byte_tokenizer_holds_no_document_back(tmp_path):
+  from dlmjax.data import budget
+  _write_corpus(tmp_path / 'corpus')
+  _, store = store_lib.prepare_data(_cfg(tmp_path))
+  assert not store.is_tokenizer.any()
+  assert budget.train_split(store, 0, 0).num_docs == store.num_docs - store.is_val.sum()

@@ -5,7 +5,7 @@ import pytest
 
 from dlmjax.config import DataConfig
 from dlmjax.data import tokenizer as tk
-from dlmjax.data.store import is_val_name, prepare_data
+from dlmjax.data.store import is_tokenizer_name, is_val_name, prepare_data
 from dlmjax.errors import UserError
 
 TEXTS = ['def f(x):\n    return x + 1\n', 'héllo wörld ✓ 你好', 'tabs\tand  spaces\r\n', '']
@@ -93,23 +93,26 @@ def test_load_tokenizer_from_a_directory_without_one_names_the_file(tmp_path):
     tk.load_tokenizer(tmp_path)
 
 
-def test_bpe_is_trained_on_training_documents_only(tmp_path):
+def test_bpe_is_trained_on_its_tokenizer_split_only(tmp_path):
   corpus = tmp_path / 'corpus'
   corpus.mkdir()
   names = [f'doc{i:03d}.txt' for i in range(60)]
   val_names = [n for n in names if is_val_name(n, 0.25)]
-  assert 0 < len(val_names) < len(names)
+  tok_names = [n for n in names if is_tokenizer_name(n, 0.25, 0.3)]
+  assert 0 < len(val_names) and 0 < len(tok_names) and len(val_names) + len(tok_names) < 60
   for text, name in zip(_training_texts(len(names)), names):
-    # A word repeated in every held-out document and nowhere else: a BPE that saw validation
-    # text would certainly merge it into one token.
-    extra = ' zqxvalword' * 50 if name in val_names else ' trainword' * 50
+    # A word repeated in every held-out document and one in every budget document: a BPE
+    # that saw validation or budget text would certainly merge them into one token.
+    extra = (' zqxvalword' * 50 if name in val_names else
+             ' tokword' * 50 if name in tok_names else ' budgetword' * 50)
     (corpus / name).write_text(text + extra)
   cfg = DataConfig(corpus=f'files:{corpus}/*.txt', tokenizer='bpe', bpe_vocab_size=320,
-                   val_fraction=0.25, cache_dir=str(tmp_path / 'cache'))
+                   val_fraction=0.25, tokenizer_fraction=0.3, cache_dir=str(tmp_path / 'cache'))
   tok, store = prepare_data(cfg)
   assert isinstance(tok, tk.BPETokenizer)
-  assert len(tok.encode(' trainword')) == 1
+  assert len(tok.encode(' tokword')) == 1
   assert len(tok.encode(' zqxvalword')) > 3
+  assert len(tok.encode(' budgetword')) > 3
   # Cached: the second call loads the same tokenizer instead of training again.
   tok2, store2 = prepare_data(cfg)
   assert tok2.fingerprint() == tok.fingerprint() and store2.path == store.path

@@ -56,10 +56,10 @@ def val_split(store: TokenStore) -> Split:
 def train_split(store: TokenStore, unique_tokens: int, order_seed: int) -> Split:
   """The first `unique_tokens` tokens (0: all) of the training documents in a fixed order.
 
-  The order is `np.random.default_rng(order_seed).permutation` of the training documents in
-  store order. Raises UserError if the budget exceeds the training tokens available.
+  The order is `np.random.default_rng(order_seed).permutation` of the training documents
+  (neither validation nor tokenizer split) in store order. Raises UserError if the budget exceeds the training tokens available.
   """
-  train_ids = np.flatnonzero(~store.is_val).astype(np.int64)
+  train_ids = np.flatnonzero(~store.is_val & ~store.is_tokenizer).astype(np.int64)
   order = np.random.default_rng(order_seed).permutation(train_ids)
   lengths_all = store.doc_lengths[order]
   cum = np.cumsum(lengths_all)

@@ -18,6 +18,13 @@ first's.
 The validation split is by document name: a document is held out when sha1(name), read as a
 fraction in [0, 1), is below `val_fraction`. Names are stable across machines, and adding
 documents to a corpus never moves an old document between the splits.
+
+A trained (BPE) tokenizer learns from its own split, the next `tokenizer_fraction` of the
+same hash, [val_fraction, val_fraction + tokenizer_fraction): those documents are never
+trained on nor validated on. So the tokenizer has seen no text of any unique budget (at a
+small U, a tokenizer trained on the whole training split would have seen text beyond the
+budget) nor of validation, and every budget of a run shares one tokenizer, which keeps the
+budgets nested. The byte tokenizer learns nothing and holds no documents back.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from dlmjax.data import tokenizer as tokenizer_lib
 from dlmjax.errors import UserError
 
 # Bump when the on-disk layout or the meaning of stored ids changes: old stores are ignored.
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: is_tokenizer.npy
 _ENCODE_CHUNK_DOCS = 256
 
 
@@ -58,6 +65,11 @@ def is_val_name(name: str, val_fraction: float) -> bool:
   return val_hash(name) < val_fraction
 
 
+def is_tokenizer_name(name: str, val_fraction: float, tokenizer_fraction: float) -> bool:
+  """Whether a document belongs to the split a trained tokenizer learns from."""
+  return val_fraction <= val_hash(name) < val_fraction + tokenizer_fraction
+
+
 class TokenStore:
   """A built store opened read-only.
 
@@ -67,6 +79,7 @@ class TokenStore:
     doc_names: N names (list[str]).
     doc_bytes: int64 [N], UTF-8 bytes of each document's text.
     is_val: bool [N], held out for validation.
+    is_tokenizer: bool [N], held out to train the tokenizer (all False for bytes).
     token_bytes: int32 [V], the tokenizer's bytes per id (to count bytes of cut documents).
     corpus: the `data.corpus` spec this store was opened for.
   """
@@ -85,6 +98,7 @@ class TokenStore:
     self.doc_starts = np.load(self.path / 'doc_starts.npy')
     self.doc_bytes = np.load(self.path / 'doc_bytes.npy')
     self.is_val = np.load(self.path / 'is_val.npy')
+    self.is_tokenizer = np.load(self.path / 'is_tokenizer.npy')
     self.token_bytes = np.load(self.path / 'token_bytes.npy')
     self.doc_names = json.loads((self.path / 'doc_names.json').read_text(encoding='utf-8'))
 
@@ -107,12 +121,22 @@ class TokenStore:
 
   def __repr__(self) -> str:
     return (f'TokenStore({self.corpus!r}, {self.num_docs} docs, {self.num_tokens} tokens, '
-            f'{int(self.is_val.sum())} held out, at {str(self.path)!r})')
+            f'{int(self.is_val.sum())} held out, {int(self.is_tokenizer.sum())} for the '
+            f'tokenizer, at {str(self.path)!r})')
 
 
-def store_key(corpus_fingerprint: str, tokenizer_fingerprint: str, val_fraction: float) -> str:
+def store_key(corpus_fingerprint: str, tokenizer_fingerprint: str, val_fraction: float,
+              tokenizer_fraction: float = 0.0) -> str:
   text = f'v{STORE_VERSION}\0{corpus_fingerprint}\0{tokenizer_fingerprint}\0{val_fraction!r}'
+  if tokenizer_fraction:
+    text += f'\0{tokenizer_fraction!r}'
   return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def held_out_for_tokenizer(data_cfg) -> float:
+  """The tokenizer split's share of documents: `data.tokenizer_fraction` for a trained
+  tokenizer, 0 for bytes."""
+  return data_cfg.tokenizer_fraction if data_cfg.tokenizer == 'bpe' else 0.0
 
 
 def _progress(total: int | None, description: str):
@@ -143,7 +167,7 @@ def _chunks(docs: Iterator[corpus_lib.Document], size: int) -> Iterator[list]:
 
 def build_store(directory: pathlib.Path, corpus: corpus_lib.Corpus,
                 tokenizer: tokenizer_lib.Tokenizer, val_fraction: float,
-                corpus_fingerprint: str = '') -> None:
+                corpus_fingerprint: str = '', tokenizer_fraction: float = 0.0) -> None:
   """Writes a store of `corpus` into the (new, empty) `directory`; not atomic by itself."""
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
   names, num_bytes, lengths = [], [], []
@@ -175,6 +199,8 @@ def build_store(directory: pathlib.Path, corpus: corpus_lib.Corpus,
   np.save(directory / 'doc_starts.npy', doc_starts)
   np.save(directory / 'doc_bytes.npy', np.array(num_bytes, np.int64))
   np.save(directory / 'is_val.npy', np.array([is_val_name(n, val_fraction) for n in names], bool))
+  np.save(directory / 'is_tokenizer.npy', np.array(
+      [is_tokenizer_name(n, val_fraction, tokenizer_fraction) for n in names], bool))
   np.save(directory / 'token_bytes.npy', tokenizer.token_bytes())
   (directory / 'doc_names.json').write_text(json.dumps(names), encoding='utf-8')
   tokenizer.save(directory)
@@ -183,6 +209,7 @@ def build_store(directory: pathlib.Path, corpus: corpus_lib.Corpus,
       'tokenizer': tokenizer.kind, 'tokenizer_fingerprint': tokenizer.fingerprint(),
       'vocab_size': tokenizer.vocab_size, 'dtype': np.dtype(dtype).name,
       'num_tokens': int(doc_starts[-1]), 'num_docs': len(names), 'val_fraction': val_fraction,
+      'tokenizer_fraction': tokenizer_fraction,
       'build_s': round(time.time() - t0, 3),
   }
   # Written last: a directory with meta.json is complete.
@@ -201,20 +228,26 @@ def _publish(tmp: pathlib.Path, final: pathlib.Path) -> None:
 
 def _cached_tokenizer(data_cfg, corpus: corpus_lib.Corpus, corpus_fp: str,
                       root: pathlib.Path) -> tokenizer_lib.Tokenizer:
-  """The tokenizer for `data_cfg`; a trained BPE is cached by corpus, split and vocabulary."""
-  def train_texts() -> Iterator[str]:
+  """The tokenizer for `data_cfg`; a trained BPE is cached by corpus, splits and vocabulary.
+  It learns from the tokenizer split only (the module docstring)."""
+  fraction = held_out_for_tokenizer(data_cfg)
+
+  def tokenizer_texts() -> Iterator[str]:
     for doc in corpus.documents():
-      if not is_val_name(doc.name, data_cfg.val_fraction):
+      if is_tokenizer_name(doc.name, data_cfg.val_fraction, fraction):
         yield doc.text
 
   if data_cfg.tokenizer != 'bpe':
-    return tokenizer_lib.build_tokenizer(data_cfg, train_texts)
-  key = hashlib.sha256(f'bpe-v1\0{corpus_fp}\0{data_cfg.val_fraction!r}\0'
+    return tokenizer_lib.build_tokenizer(data_cfg, tokenizer_texts)
+  if not any(True for _ in tokenizer_texts()):
+    raise UserError(f'data.tokenizer_fraction={fraction}: no document of {corpus.spec!r} '
+                    f'falls in the tokenizer split; raise it')
+  key = hashlib.sha256(f'bpe-v2\0{corpus_fp}\0{data_cfg.val_fraction!r}\0{fraction!r}\0'
                        f'{data_cfg.bpe_vocab_size}'.encode()).hexdigest()[:20]
   directory = root / 'tokenizers' / key
   if (directory / tokenizer_lib.TOKENIZER_FILE).is_file():
     return tokenizer_lib.load_tokenizer(directory)
-  tok = tokenizer_lib.build_tokenizer(data_cfg, train_texts)
+  tok = tokenizer_lib.build_tokenizer(data_cfg, tokenizer_texts)
   tok.save(directory)  # atomic: concurrent trainers write identical files
   return tok
 
@@ -232,12 +265,13 @@ def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
   except OSError as e:
     raise UserError(f'data.cache_dir: cannot create {str(root)!r} ({e.strerror})') from None
   tokenizer = _cached_tokenizer(data_cfg, corpus, corpus_fp, root)
-  key = store_key(corpus_fp, tokenizer.fingerprint(), data_cfg.val_fraction)
+  fraction = held_out_for_tokenizer(data_cfg)
+  key = store_key(corpus_fp, tokenizer.fingerprint(), data_cfg.val_fraction, fraction)
   final = root / 'stores' / key
   if not (final / 'meta.json').is_file():
     tmp = pathlib.Path(tempfile.mkdtemp(dir=root / 'stores', prefix=f'.{key}.tmp-'))
     try:
-      build_store(tmp, corpus, tokenizer, data_cfg.val_fraction, corpus_fp)
+      build_store(tmp, corpus, tokenizer, data_cfg.val_fraction, corpus_fp, fraction)
       _publish(tmp, final)
     finally:
       if tmp.exists():

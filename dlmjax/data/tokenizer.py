@@ -240,8 +240,9 @@ def planned_vocab_size(data_cfg) -> int:
 def build_tokenizer(data_cfg, train_documents: Callable[[], Iterator[str]]) -> Tokenizer:
   """The tokenizer `data_cfg.tokenizer` names; BPE is trained on `train_documents()` only.
 
-  `train_documents` must yield the training split's texts and never validation text, so the
-  tokenizer cannot encode held-out documents better than the model could have learned to.
+  `train_documents` must yield no validation text and no text of a unique budget (the token
+  store passes its tokenizer split), so the tokenizer cannot encode held-out documents better
+  than the model could have learned to, nor compress a small budget with text beyond it.
   """
   if data_cfg.tokenizer == 'byte':
     return ByteTokenizer()
