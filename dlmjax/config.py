@@ -108,6 +108,9 @@ class MDMConfig:
   eps: float = 1e-3  # training t ~ U(eps, 1); evaluation always uses mdm.EVAL_EPS = 1e-3
   schedule: str = 'linear'  # linear (alpha_t = 1 - t) | cosine
   antithetic: bool = False  # low-discrepancy t across the batch (MDLM)
+  # time: each masked token weighted by the schedule's -alpha'_t / (1 - alpha_t) (1/t) |
+  # realised: MegaDLMs' variance control, >= 1 masked target per row, weight n / n_masked
+  weighting: str = 'time'
   loss_norm: str = 'token'  # token: sum / non-pad tokens in batch | sequence: per row
   # Share of rows truncated to a random length: 1%, as SMDM, LLaDA and MegaDLMs train.
   random_length_frac: float = 0.01
@@ -472,6 +475,9 @@ def validate(cfg: Config) -> None:
   _check(0.0 < cfg.mdm.eps < 1.0, 'mdm.eps', 'must be in (0, 1)')
   _one_of(cfg.mdm.schedule, 'mdm.schedule', ('linear', 'cosine'))
   _one_of(cfg.mdm.loss_norm, 'mdm.loss_norm', ('token', 'sequence'))
+  _one_of(cfg.mdm.weighting, 'mdm.weighting', ('time', 'realised'))
+  _check(cfg.mdm.weighting == 'time' or cfg.mdm.schedule == 'linear', 'mdm.weighting',
+         'realised weights estimate 1 / t, the linear schedule\'s weight: use mdm.schedule=linear')
   _check(0.0 <= cfg.mdm.random_length_frac <= 1.0, 'mdm.random_length_frac', 'must be in [0, 1]')
 
   o = cfg.optimizer

@@ -178,7 +178,7 @@ def test_a_segments_first_token_is_never_masked():
 def test_token_and_sequence_normalisation_by_hand(loss_norm):
   batch = packed_batch()
   logits = np.random.default_rng(4).normal(size=(4, 10, V))
-  cfg = config(loss_norm=loss_norm, eps=0.05)
+  cfg = config(loss_norm=loss_norm, eps=0.05, random_length_frac=0.0)
   rng = jax.random.key(11)
   loss, metrics = mdm.loss(FixedLogits(logits), batch, rng, cfg)
   c = mdm.corrupt(batch, jax.random.split(rng)[0], cfg, train=True)
@@ -243,3 +243,40 @@ def test_loss_on_the_real_model_is_finite_with_random_lengths_and_antithetic_t()
   nll_B, n_B = mdm.nll(model, packed_batch(), jax.random.key(0), cfg)
   assert nll_B.shape == (4,) and nll_B.dtype == jnp.float32
   np.testing.assert_array_equal(n_B, np.asarray(prediction_mask(packed_batch()['segment_ids'])).sum(1))
+
+
+def test_realised_weighting_masks_at_least_one_target_per_row_and_weights_n_over_masked():
+  batch = packed_batch()
+  is_target = np.asarray(prediction_mask(batch['segment_ids']))
+  cfg = config(weighting='realised', eps=1e-3, random_length_frac=0.0)
+  rows_rescued = 0
+  for seed in range(40):
+    c = mdm.corrupt(batch, jax.random.key(seed), cfg, train=True)
+    masked, w = np.asarray(c.masked_BxL), np.asarray(c.weight_B)
+    assert not (masked & ~is_target).any()
+    has = is_target.any(1)
+    assert masked[has].any(1).all()
+    np.testing.assert_allclose(w[has], is_target[has].sum(1) / masked[has].sum(1), rtol=1e-6)
+    plain = mdm.corrupt(batch, jax.random.key(seed), config(eps=1e-3, random_length_frac=0.0),
+                        train=True)
+    rows_rescued += int((~np.asarray(plain.masked_BxL).any(1) & has).sum())
+  assert rows_rescued > 0  # small t left some rows with nothing masked: they were rescued
+
+
+def test_realised_weighting_is_exact_in_expectation_on_iid_tokens():
+  # Given k masked of n, the masked set is uniform: E[(n / k) sum_masked CE] = sum CE, for any k.
+  rng = np.random.default_rng(5)
+  tokens = SYMBOLS[rng.choice(4, size=(2048, 16), p=PROBS)]
+  batch = single_segment_batch(tokens)
+  true = -np.log(PROBS[tokens[:, 1:] - 4]).mean()
+  cfg = config(weighting='realised', random_length_frac=0.0)
+  losses = [float(mdm.loss(iid_model, batch, jax.random.key(i), cfg)[0]) for i in range(8)]
+  se = np.std(losses, ddof=1) / math.sqrt(len(losses))
+  assert abs(np.mean(losses) - true) < 4 * se + 1e-3, (np.mean(losses), true, se)
+
+
+def test_realised_weighting_needs_the_linear_schedule():
+  from dlmjax.config import load_config
+  from dlmjax.errors import ConfigError
+  with pytest.raises(ConfigError, match='mdm.weighting'):
+    load_config([], ['mdm.weighting=realised', 'mdm.schedule=cosine'])

@@ -11,6 +11,12 @@ ELBO weights a masked token's cross-entropy by -alpha'_t / (1 - alpha_t):
 With exact conditionals the expectation of the summed weighted CE is the NLL of the targets
 given the context tokens (any-order autoregression), hence an upper bound for a learned model.
 
+Variance control (training only): `mdm.antithetic` spreads the batch's t over [eps, 1)
+(MDLM); `mdm.weighting=realised` is MegaDLMs' alternative: every row with targets has at
+least one masked target (a row drawn with none masks its target of smallest draw), and each
+masked token is weighted by n_targets / n_masked of its row, the realised mask fraction,
+instead of 1 / t (the linear schedule's weight, of which it is the sample estimate).
+
 Evaluation (`nll`, and the `mc_elbo` task estimators) always draws t from U(EVAL_EPS, 1),
 whatever `mdm.eps` trained the model: runs that ablate the training eps are then scored on
 the same quantity (the ELBO's t integral from EVAL_EPS to 1).
@@ -87,10 +93,24 @@ def corrupt(batch: dict, rng: jax.Array, cfg: Config, *, train: bool) -> Corrupt
                  antithetic=train and cfg.mdm.antithetic)
   mask_prob_B, weight_B = schedule(t_B, cfg.mdm.schedule)
   is_target_BxL = prediction_mask(batch['segment_ids'])
-  masked_BxL = is_target_BxL & (jax.random.uniform(mask_rng, tokens_BxL.shape)
-                                < mask_prob_B[:, None])
+  u_BxL = jax.random.uniform(mask_rng, tokens_BxL.shape)
+  masked_BxL = is_target_BxL & (u_BxL < mask_prob_B[:, None])
+  if train and cfg.mdm.weighting == 'realised':
+    masked_BxL, weight_B = _realised(masked_BxL, is_target_BxL, u_BxL)
   inputs_BxL = jnp.where(masked_BxL, MASK_ID, tokens_BxL)
   return Corrupted(batch, inputs_BxL, masked_BxL, is_target_BxL, t_B, weight_B)
+
+
+def _realised(masked_BxL, is_target_BxL, u_BxL):
+  """MegaDLMs' variance control: (masks with at least one masked target per row that has
+  targets, float32 B weights n_targets / n_masked)."""
+  first_BxL = jax.nn.one_hot(jnp.argmin(jnp.where(is_target_BxL, u_BxL, 2.0), axis=1),
+                             u_BxL.shape[1], dtype=jnp.bool_)
+  none_B = ~masked_BxL.any(axis=1)
+  masked_BxL = masked_BxL | (none_B[:, None] & first_BxL & is_target_BxL)
+  n_B = is_target_BxL.sum(axis=1)
+  weight_B = n_B / jnp.maximum(masked_BxL.sum(axis=1), 1)
+  return masked_BxL, weight_B.astype(jnp.float32)
 
 
 def _masked_ce(model, c: Corrupted, weights_BxL, dropout_rng, cfg: Config):
