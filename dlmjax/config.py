@@ -192,7 +192,7 @@ class DistributedConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
-  every: int = 0  # steps between checkpoints; 0: at each eval
+  every: int = 0  # steps between checkpoints besides those at each eval; 0: evals only
   keep: int = 2
 
 

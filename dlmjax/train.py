@@ -422,7 +422,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
 
   saved = {'step': start}
 
-  def save(step: int, last_metrics: dict | None) -> None:
+  def save(step: int, last_metrics: dict | None, val_loss: float | None = None) -> None:
     if step == saved['step']:
       return  # e.g. a SIGTERM right after the eval checkpoint of this step
     if last_metrics is not None and not all(
@@ -430,7 +430,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       return  # never checkpoint a diverged state (a non-finite gradient poisons the update)
     meta = {'step': step, 'tokens_seen': tokens_seen(data, step),
             'wall_s': wall_before + time.time() - t_start}
-    ckpt.save(step, state, iterator.get_state(), meta)
+    ckpt.save(step, state, iterator.get_state(), meta, val_loss=val_loss)
     saved['step'] = step
 
   pending: list[dict] = []
@@ -481,8 +481,9 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
                       + ''.join(f', {name} acc {m["acc"]:.3f} (norm {m["acc_norm"]:.3f})'
                                 for name, m in ev.get('tasks', {}).items()))
         window_t += time.time() - t_eval  # eval time is not training throughput
-        if not ckpt_every:
-          save(step, last_metrics)
+        # Every eval is checkpointed with its loss (checkpoint.every adds steps between
+        # them): the best one is kept, to be rescored at the end.
+        save(step, last_metrics, val_loss=ev['val_loss'])
       if ckpt_every and step % ckpt_every == 0:
         save(step, last_metrics)
       if stopping and step < num_steps:
@@ -494,11 +495,14 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         return {'status': 'interrupted', 'step': step}
 
   save(num_steps, last_metrics)
-  ckpt.close()
-
   evals = training_evals(rd.evals)
   final = evals[-1]
   best = min(evals, key=lambda r: r['val_loss'])
+  rescored = None
+  if not trainer.objective.causal:
+    rescored = rescore(cfg, ckpt, trainer, best['step'], nll_fn, val_device, val_bytes)
+  ckpt.close()
+
   result = {
       'objective': cfg.objective,
       'name': cfg.name,
@@ -521,6 +525,8 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       'seed': cfg.seed,
       'wall_s': wall_before + time.time() - t_start,
   }
+  if rescored is not None:
+    result['best_rescored'] = rescored
   with_tasks = [r for r in evals if 'tasks' in r]
   if with_tasks:
     result['tasks'] = with_tasks[-1]['tasks']  # at the last step (task_steps includes it)
@@ -530,6 +536,27 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
        f'({final["val_bits_per_byte"]:.4f} bits/byte), best {best["val_bits_per_byte"]:.4f} '
        f'bits/byte at step {best["step"]}; {rd.result}')
   return result
+
+
+def rescore(cfg: Config, ckpt: Checkpointer, trainer: Trainer, step: int, nll_fn, val_device,
+            val_bytes: int) -> dict | None:
+  """The validation loss of the best checkpoint (step `step`) with fresh Monte Carlo samples.
+
+  A diffusion run's best step is the minimum of noisy estimates, so its own estimate is
+  biased low; the same checkpoint scored with an independent seed (eval.seed + 1) is not.
+  None when the checkpoint is gone (e.g. removed by hand).
+  """
+  ckpt.wait()
+  if step not in ckpt.all_steps():
+    _log(f'best checkpoint (step {step}) not found: its loss is not rescored')
+    return None
+  state, _, _ = ckpt.restore(step, trainer.abstract_state)
+  seed = cfg.eval.seed + 1
+  res = likelihood.evaluate(nll_fn, state['params'], val_device, causal=False,
+                            num_samples=cfg.eval.mdm_samples, seed=seed, num_bytes=val_bytes)
+  return {'step': step, 'val_loss': res['val_loss'], 'val_loss_stderr': res['val_loss_stderr'],
+          'val_bits_per_byte': res['val_bits_per_byte'], 'samples': res['val_samples'],
+          'seed': seed}
 
 
 def dry_run(cfg: Config, num_devices: int | None = None, device: str | None = None) -> str:

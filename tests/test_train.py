@@ -90,6 +90,29 @@ def test_mdm_reports_an_elbo_with_a_standard_error(mdm_run):
   assert all(e['val_samples'] == 2 for e in evals)
 
 
+def test_the_mdm_best_checkpoint_is_rescored_with_a_fresh_seed_and_ar_needs_none(mdm_run, ar_run):
+  from dlmjax.eval.__main__ import evaluate_run
+  run_dir, result = mdm_run
+  rescored = result['best_rescored']
+  assert rescored['step'] == result['best_step'] and rescored['seed'] == 1
+  # Exactly the evaluation of that checkpoint with eval.seed=1, and not the selected estimate.
+  again = evaluate_run(str(run_dir), [f'step={rescored["step"]}', 'eval.seed=1'])
+  assert again['val_loss'] == pytest.approx(rescored['val_loss'], rel=1e-6)
+  assert rescored['val_loss'] != result['best_val_loss']
+  assert 'best_rescored' not in ar_run[1]
+
+
+def test_the_best_checkpoint_is_kept_beside_the_latest(tmp_path):
+  from dlmjax.checkpoint import Checkpointer
+  ckpt = Checkpointer(tmp_path / 'ckpt', keep=2)
+  state = {'w': np.zeros(3, np.float32)}
+  for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, 4.0, 5.0]):
+    ckpt.save(step, state, {'pos': step}, {'step': step}, val_loss=loss)
+  ckpt.save(6, state, {'pos': 6}, {'step': 6})  # e.g. a SIGTERM save: no loss
+  ckpt.close()
+  assert Checkpointer(tmp_path / 'ckpt', read_only=True).all_steps() == [2, 5, 6]
+
+
 def test_rerunning_a_complete_run_does_nothing(ar_run):
   run_dir, result = ar_run
   mtime = (run_dir / 'result.json').stat().st_mtime
