@@ -90,9 +90,12 @@ def test_mdm_reports_an_elbo_with_a_standard_error(mdm_run):
   assert all(e['val_samples'] == 2 for e in evals)
 
 
-def test_the_mdm_best_checkpoint_is_rescored_with_a_fresh_seed_and_ar_needs_none(mdm_run, ar_run):
+def test_the_mdm_best_checkpoint_is_rescored_with_a_fresh_seed_and_ar_needs_none(
+    mdm_run, ar_run, tmp_path):
+  import shutil
   from dlmjax.eval.__main__ import evaluate_run
-  run_dir, result = mdm_run
+  run_dir, result = tmp_path / 'mdm', mdm_run[1]
+  shutil.copytree(mdm_run[0], run_dir)  # the eval command appends to eval.jsonl
   rescored = result['best_rescored']
   assert rescored['step'] == result['best_step'] and rescored['seed'] == 1
   # Exactly the evaluation of that checkpoint with eval.seed=1, and not the selected estimate.
