@@ -280,3 +280,18 @@ def test_realised_weighting_needs_the_linear_schedule():
   from dlmjax.errors import ConfigError
   with pytest.raises(ConfigError, match='mdm.weighting'):
     load_config([], ['mdm.weighting=realised', 'mdm.schedule=cosine'])
+
+
+def test_evaluation_stratifies_t_over_the_eval_batch_and_padding_rows_change_nothing():
+  cfg = config(eps=0.5)  # the training eps plays no part in evaluation
+  cfg.eval.batch_size = 4
+  batch = packed_batch()  # 4 rows
+  padded = {k: jnp.concatenate([v, jnp.zeros((4,) + v.shape[1:], v.dtype)]) for k, v in
+            batch.items()}
+  for seed in range(3):
+    c = mdm.corrupt(batch, jax.random.key(seed), cfg, train=False)
+    cp = mdm.corrupt(padded, jax.random.key(seed), cfg, train=False)
+    t = np.asarray(c.t_B, np.float64)
+    np.testing.assert_array_equal(np.asarray(cp.t_B)[:4], t)
+    u = (t - mdm.EVAL_EPS) / (1 - mdm.EVAL_EPS)
+    np.testing.assert_array_equal(np.sort(np.floor(u * 4)), np.arange(4))

@@ -2,9 +2,9 @@
 
 Validation (`evaluate`): both objectives score the same target tokens (docs/architecture.md,
 "What is predicted"). The AR number is exact. The MDM number averages K independent samples
-of (t, mask) per row: each sample is an unbiased estimate of the ELBO (an upper bound on the
-NLL), and the standard error reported is that of the K-sample mean of the whole validation
-total, so it shrinks as 1/sqrt(K). The samples use a fixed seed, so one checkpoint always
+of (t, mask) per row (t stratified over the rows of each batch, `mdm.nll`): each sample is an
+unbiased estimate of the ELBO (an upper bound on the NLL), and the standard error reported is
+that of the K-sample mean of the whole validation total, so it shrinks as 1/sqrt(K). The samples use a fixed seed, so one checkpoint always
 gives one number.
 
 Scoring (`ContinuationScorer`): log p(continuation | context) for many (context ids,
