@@ -130,25 +130,36 @@ def paper_grid(name: str, description: str, sizes: tuple[str, ...], *,
   return Grid(name, description, 'TPU v5p-256 or 64 x H100', configs, tuple(runs))
 
 
-def ablation_grid() -> Grid:
-  configs = ('configs/paper.yaml', 'configs/models/1b.yaml')
+# The regularisers of the two papers' ablations, at the ranges the first paper sweeps (input
+# masking and dropout up to 90%) plus the second paper's attention dropout. Parameter noise
+# goes on weight matrices and embeddings only (ar.py), at stds up to the 0.02 init std.
+AR_REGULARISERS = (
+    *((f'imask{r:g}', (f'ar.input_mask_rate={r}',)) for r in (0.1, 0.3, 0.5, 0.7, 0.9)),
+    *((f'mlpdrop{p:g}', (f'model.mlp_dropout={p}',)) for p in (0.1, 0.3, 0.5, 0.7, 0.9)),
+    *((f'attndrop{p:g}', (f'model.attn_dropout={p}',)) for p in (0.1, 0.3, 0.5)),
+    *((f'wd{w:g}', (f'optimizer.weight_decay={w}',)) for w in (0.0, 0.3, 1.0)),
+    *((f'pnoise{x:g}', (f'ar.param_noise_std={x}',)) for x in (0.002, 0.005, 0.01, 0.02)),
+    # The second paper's combination: MLP dropout with strong weight decay.
+    ('mlpdrop0.1-wd1', ('model.mlp_dropout=0.1', 'optimizer.weight_decay=1.0')),
+)
 
+
+def ablation_grid(name: str, description: str, configs: tuple[str, ...], model: str,
+                  unique_tokens: int, epochs: float, hardware: str,
+                  common: tuple[str, ...] = ()) -> Grid:
+  """Plain AR, AR with each regulariser, and the MDM (with its masking-range variants) at one
+  unique budget, every run with the same recipe."""
   def run(objective, tag='', *extras):
-    return make_run(configs, objective, '1b', 1_000_000_000, 96.0, extras=extras, tag=tag)
+    return make_run(configs, objective, model, unique_tokens, epochs, extras=common + extras,
+                    tag=tag)
 
   runs = [run('ar')]
-  runs += [run('ar', f'imask{r:g}', f'ar.input_mask_rate={r}') for r in (0.1, 0.2, 0.3, 0.4, 0.5)]
-  runs += [run('ar', f'mlpdrop{p:g}', f'model.mlp_dropout={p}') for p in (0.1, 0.2)]
-  runs += [run('ar', f'wd{w:g}', f'optimizer.weight_decay={w}') for w in (0.0, 0.3, 1.0)]
-  runs += [run('ar', f'pnoise{s:g}', f'ar.param_noise_std={s}') for s in (0.01, 0.03)]
+  runs += [run('ar', tag, *extras) for tag, extras in AR_REGULARISERS]
   # mdm.eps raises the lower end of the mask ratio t ~ U(eps, 1): the masking-range variants.
   # 1e-3 is the recipe's default, so that run is the plain MDM baseline.
   runs.append(run('mdm', '', 'mdm.eps=0.001'))
   runs += [run('mdm', f'eps{e:g}', f'mdm.eps={e}') for e in (0.2, 0.5)]
-  return Grid('ablation-regularisers',
-              'AR regularisers under data constraints (input masking, MLP dropout, weight decay, '
-              'parameter noise) vs MDM masking ranges; 1B model, 1B unique tokens x 96 epochs.',
-              'TPU v5p-256 or 64 x H100', configs, tuple(runs))
+  return Grid(name, description, hardware, configs, tuple(runs))
 
 
 def crossover_tiny() -> Grid:
@@ -261,11 +272,21 @@ def _build() -> dict[str, Grid]:
                  ('8b-a1b',), extra_1b_480=False),
       Grid('paper-coder',
            'AR vs MDM at 1.7B on 10B unique code tokens for 150 epochs (~1.5T tokens; '
-           'arXiv 2510.04071). Set data.corpus to the code corpus.',
+           'the first paper, arXiv 2511.03276). Set data.corpus to the code corpus.',
            'TPU v5p-256 or 64 x H100', CODER_CONFIGS,
            tuple(make_run(CODER_CONFIGS, objective, '1.7b', 10_000_000_000, 150.0)
                  for objective in OBJECTIVES)),
-      ablation_grid(),
+      ablation_grid('ablation-regularisers',
+                    'AR regularisers under data constraints (input masking and MLP dropout to '
+                    '90%, attention dropout, weight decay, parameter noise) vs MDM masking '
+                    'ranges; 1B model, 1B unique tokens x 96 epochs (arXiv 2511.03276).',
+                    ('configs/paper.yaml', 'configs/models/1b.yaml'), '1b', 1_000_000_000,
+                    96.0, 'TPU v5p-256 or 64 x H100'),
+      ablation_grid('ablation-regularisers-0.6b',
+                    'The same ablation at the second paper\'s model size (0.6B, arXiv '
+                    '2510.04071), 1B unique tokens x 96 epochs.',
+                    ('configs/paper.yaml', 'configs/models/0.6b.yaml'), '0.6b',
+                    1_000_000_000, 96.0, 'TPU v5p-64 or 16 x H100'),
       crossover_tiny(),
       crossover_small(),
       recipe_tiny(),

@@ -72,7 +72,8 @@ def test_every_run_config_loads(name):
 def test_grids_hold_the_requested_shapes():
   sizes = {n: len(registry.get(n).runs) for n in registry.names()}
   assert sizes == {'paper-dense': 42, 'paper-moe': 10, 'paper-coder': 2,
-                   'ablation-regularisers': 16, 'crossover-tiny': 6, 'crossover-small': 16}
+                   'ablation-regularisers': 25, 'ablation-regularisers-0.6b': 25,
+                   'crossover-tiny': 6, 'crossover-small': 16, 'recipe-tiny': 103}
   coder = registry.get('paper-coder').runs
   assert all(r.tokens == 1_500_000_000_000 for r in coder)
   tiny = registry.get('crossover-tiny').runs
@@ -83,9 +84,16 @@ def test_grids_hold_the_requested_shapes():
   assert small.runs[-1].model == 'tiny-wide' and wide.model.d_model == 192
   # The FLOPs follow the model: the wide model costs more per token.
   assert small.runs[-1].flops > small.runs[0].flops
-  abl = registry.get('ablation-regularisers').runs
-  assert {r.objective for r in abl} == {'ar', 'mdm'}
-  assert sum(r.objective == 'mdm' for r in abl) == 3
+  abl = registry.get('ablation-regularisers')
+  assert {r.objective for r in abl.runs} == {'ar', 'mdm'}
+  assert sum(r.objective == 'mdm' for r in abl.runs) == 3
+  # The first paper's ranges: input masking and MLP dropout up to 90%, attention dropout
+  # (the second paper's), parameter noise no larger than the init std.
+  cfgs = [config_lib.load_config(abl.config_paths(), r.overrides) for r in abl.runs]
+  assert max(c.ar.input_mask_rate for c in cfgs) == 0.9
+  assert max(c.model.mlp_dropout for c in cfgs) == 0.9
+  assert max(c.model.attn_dropout for c in cfgs) > 0
+  assert 0 < max(c.ar.param_noise_std for c in cfgs) <= cfgs[0].model.init_std
 
 
 def test_unknown_grid_is_a_user_error():

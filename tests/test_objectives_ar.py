@@ -123,3 +123,17 @@ def test_dropout_comes_from_the_model_config_only_in_the_loss():
   n_a, _ = ar.nll(model, batch(), jax.random.key(0), cfg)
   n_b, _ = ar.nll(model, batch(), jax.random.key(1), cfg)
   np.testing.assert_array_equal(n_a, n_b)
+
+
+def test_param_noise_perturbs_weight_matrices_and_embeddings_but_not_norm_scales():
+  model, _ = tiny_transformer()
+  noisy = ar.with_param_noise(model, jax.random.key(0), 0.01)
+  clean = nnx.state(model, nnx.Param)
+  moved = nnx.state(noisy, nnx.Param)
+  pairs = list(zip(jax.tree.leaves(clean), jax.tree.leaves(moved)))
+  assert any(a.ndim == 1 for a, _ in pairs)  # the model has norm scales
+  for a, b in pairs:
+    if a.ndim >= 2:
+      assert 0.005 < float(np.std(np.asarray(b) - np.asarray(a))) < 0.02
+    else:
+      np.testing.assert_array_equal(a, b)

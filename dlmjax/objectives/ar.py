@@ -7,8 +7,10 @@ Logits at position i predict token i + 1 wherever token i + 1 is a target
 (`cfg.ar`) come from the ablations that ask whether AR closes the gap to diffusion:
   * input_mask_rate: each target token is replaced by MASK_ID in the *input* (token dropout);
     what is predicted does not change;
-  * param_noise_std: Gaussian noise on every parameter for the forward pass; the gradient is
-    that of the noisy loss taken with respect to the clean weights.
+  * param_noise_std: Gaussian noise on every weight matrix and embedding for the forward pass
+    (not on norm scales, whose init is 1 and whose noise would be a different regulariser;
+    the same parameters weight decay acts on); the gradient is that of the noisy loss taken
+    with respect to the clean weights. Sensible values stay at or below `model.init_std`.
 Dropout rates come from `cfg.model` and act only in `loss`, never in `nll`.
 """
 
@@ -33,14 +35,16 @@ def _next_token_targets(tokens_BxL, segment_ids_BxL):
 
 
 def with_param_noise(model: nnx.Module, rng: jax.Array, std: float) -> nnx.Module:
-  """A copy of `model` whose every nnx.Param has N(0, std^2) noise added; `model` is untouched.
+  """A copy of `model` whose weight matrices and embeddings (every nnx.Param of 2 or more
+  dimensions) have N(0, std^2) noise added; norm scales are left alone; `model` is untouched.
 
   The noise is a constant of the step, so d(loss)/d(clean) = d(loss)/d(noisy).
   """
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(rng, len(leaves))
-  noisy = [p + std * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  noisy = [p + std * jax.random.normal(k, p.shape, p.dtype) if p.ndim >= 2 else p
+           for p, k in zip(leaves, keys)]
   return nnx.merge(graphdef, jax.tree.unflatten(treedef, noisy), rest)
 
 
