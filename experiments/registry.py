@@ -260,6 +260,28 @@ def recipe_tiny() -> Grid:
               'CPU, 2 cores', configs, tuple(runs))
 
 
+# The demo's study (docs/study-notes.md, "The demo"): the recipe search's best showing for
+# the MDM, the tiny preset at U = 16K. AR is trained to four lengths, each with its own full
+# decay, so its early-stopped baseline is the best annealed run (32 epochs in the search); the
+# MDM trains for 250 epochs; one epoch of 1M unique tokens is the other end of the crossover.
+DEMO_U = 16_000
+DEMO_AR_EPOCHS = (16, 32, 48, 64)
+DEMO_MDM_EPOCHS = (250,)
+DEMO_ONE_EPOCH_U = 1_000_000
+
+
+def demo_tiny() -> Grid:
+  configs = ('configs/tiny.yaml', 'configs/demo.yaml')
+  runs = [make_run(configs, 'ar', 'tiny', DEMO_U, float(e)) for e in DEMO_AR_EPOCHS]
+  runs += [make_run(configs, 'mdm', 'tiny', DEMO_U, float(e)) for e in DEMO_MDM_EPOCHS]
+  runs += [make_run(configs, objective, 'tiny', DEMO_ONE_EPOCH_U, 1.0) for objective in OBJECTIVES]
+  return Grid('demo-tiny',
+              'The demo: the tiny CPU model at U = 16K unique tokens, AR at 16-64 epochs (each '
+              'with its full decay; the best is its early-stopped baseline) against the MDM at '
+              '250 epochs, and both at one epoch of 1M unique tokens.',
+              'CPU, 2 cores', configs, tuple(runs))
+
+
 def _build() -> dict[str, Grid]:
   grids = [
       paper_grid('paper-dense',
@@ -290,6 +312,7 @@ def _build() -> dict[str, Grid]:
       crossover_tiny(),
       crossover_small(),
       recipe_tiny(),
+      demo_tiny(),
   ]
   return {g.name: g for g in grids}
 
