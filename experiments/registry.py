@@ -282,6 +282,19 @@ def demo_tiny() -> Grid:
               'CPU, 2 cores', configs, tuple(runs))
 
 
+def ablation_tiny() -> Grid:
+  """The regulariser ablation at the demo's smallest budget, every run with the MDM's compute
+  (250 epochs of 16K), plus plain AR at the demo's shorter lengths: its early-stopped baseline."""
+  configs = ('configs/tiny.yaml', 'configs/demo.yaml')
+  grid = ablation_grid('ablation-regularisers-tiny',
+                       'The regulariser ablation on the tiny CPU model at the demo\'s U = 16K, '
+                       'all at the MDM\'s 250 epochs, with plain AR at 16-64 epochs as the '
+                       'early-stopped baseline.', configs, 'tiny', DEMO_U,
+                       float(DEMO_MDM_EPOCHS[-1]), 'CPU, 2 cores')
+  shorter = tuple(make_run(configs, 'ar', 'tiny', DEMO_U, float(e)) for e in DEMO_AR_EPOCHS)
+  return dataclasses.replace(grid, runs=shorter + grid.runs)
+
+
 def _build() -> dict[str, Grid]:
   grids = [
       paper_grid('paper-dense',
@@ -313,6 +326,7 @@ def _build() -> dict[str, Grid]:
       crossover_small(),
       recipe_tiny(),
       demo_tiny(),
+      ablation_tiny(),
   ]
   return {g.name: g for g in grids}
 
