@@ -12,11 +12,11 @@ import jax.numpy as jnp
 
 from dlmjax.config import Config
 from dlmjax.data.store import is_val_name
-from dlmjax.data.tokenizer import ByteTokenizer
+from dlmjax.data.tokenizer import BOS_ID, ByteTokenizer
 from dlmjax.errors import UserError
 from dlmjax.eval import tasks
 from dlmjax.eval.likelihood import ContinuationScorer
-from dlmjax.eval.tasks import code_cloze, harness
+from dlmjax.eval.tasks import code_cloze, harness, next_char
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 SPECS = {
@@ -254,3 +254,111 @@ def test_code_cloze_guesses_from_the_contexts_alone_are_at_chance():
     assert abs(acc - 0.25) < 3 * se, (pick.__name__, acc)
   for k in range(4):
     assert abs(np.mean(gold == k) - 0.25) < 3 * se
+
+
+# ---------------------------------------------------------------------------------------
+# The next-character tasks and the suite.
+
+@functools.lru_cache(maxsize=None)
+def char_task(name):
+  return tasks.load_task(name, val_fraction=0.02)
+
+
+@pytest.mark.parametrize('name', list(next_char.TASKS))
+def test_next_char_items_are_deterministic_balanced_and_ask_a_held_out_files_next_character(
+    name):
+  items = char_task(name)
+  task = next_char.TASKS[name]
+  assert len(items) == task.num_items
+  assert items == next_char.load(name, 0.02)
+  n = len(task.choices)
+  # Balanced: each choice is the answer of the same number of items, in every round of n.
+  golds = np.array([it.gold for it in items]).reshape(-1, n)
+  assert all(sorted(row) == list(range(n)) for row in golds)
+  text = {d.name: d.text for d in code_cloze.held_out_files(0.02)}
+  for it in items:
+    file, row, col = it.id.rsplit(':', 2)
+    assert is_val_name(file, 0.02)  # never a training document
+    lines = text[file].splitlines(keepends=True)
+    at = sum(len(x) for x in lines[:int(row) - 1]) + int(col) - 1
+    context = text[file][:at]
+    assert it.requests == tuple((context, ch) for ch in task.choices)
+    assert it.choices[it.gold] == text[file][at] and not context[-1].isspace()
+  assert len({it.id for it in items}) == len(items)
+
+
+def test_the_suite_names_every_embedded_task_once_and_its_items_number_thousands():
+  assert tasks.split_specs('stdlib_suite') == list(tasks.EMBEDDED)
+  assert tasks.split_specs('next_op, stdlib_suite') == list(tasks.EMBEDDED[1:2]) + [
+      t for t in tasks.EMBEDDED if t != 'next_op']
+  assert sum(len(char_task(t)) for t in next_char.TASKS) + len(cloze()) >= 3000
+
+
+def oracle_scores(items):
+  """log p = 0 for the character the file really has after the context, -1 otherwise: knows
+  the answers from the held-out files, not from the items' gold labels."""
+  text = {d.name: d.text for d in code_cloze.held_out_files(0.02)}
+  tok = ByteTokenizer()
+  truth = {}  # the context's last 255 byte ids (what the harness keeps) -> the next character
+  for it in items:
+    context = it.requests[0][0]
+    truth[tuple(tok.encode(context)[-255:])] = text[it.id.rsplit(':', 2)[0]][len(context)]
+
+  def score(pairs):
+    unbos = lambda c: c[1:] if c[0] == BOS_ID else c
+    return np.array([0.0 if tok.decode(x) == truth[tuple(unbos(c))] else -1.0
+                     for c, x in pairs])
+  return score
+
+
+@pytest.mark.parametrize('name', list(next_char.TASKS))
+def test_an_oracle_scores_100_and_context_blind_models_score_chance_exactly(name):
+  items = char_task(name)[:200]
+  chance = 1 / len(next_char.TASKS[name].choices)
+  enc = harness.encode_task(ByteTokenizer(), items, max_len=256)
+  oracle = harness.evaluate_encoded(oracle_scores(items), enc)
+  assert oracle['acc'] == 1.0 and oracle['item_correct'] == '1' * len(items)
+  # A model that ignores the context ranks the choices alike for every item: it is right on
+  # exactly one class (balanced), through the real scorer, AR and diffusion alike.
+  for causal in (True, False):
+    for logp_V in (np.zeros(V), np.log(np.random.default_rng(1).dirichlet(np.ones(V)))):
+      got = evaluate_items(items, logp_V, causal)
+      assert got['acc'] == pytest.approx(chance) and got['chance'] == pytest.approx(chance)
+      assert len(got['item_correct']) == len(items)
+      assert got['item_correct'].count('1') == round(chance * len(items))
+
+
+def evaluate_items(items, logp_V, causal):
+  s = scorer(causal)
+  return harness.evaluate_mc(lambda pairs: s(jnp.asarray(logp_V), pairs), ByteTokenizer(),
+                             items, max_len=256)
+
+
+def token_model(params):
+  """Logits that depend on the token at each position and on the position: reading the wrong
+  position, or not masking the scored one, changes them."""
+  return lambda tokens, segment_ids, positions, *, causal, dropout_rng=None: (
+      params['w'][tokens] + params['p'][positions])
+
+
+@pytest.mark.parametrize('causal, estimator', [(True, 'llada'), (False, 'llada'),
+                                               (False, 'llada_ld'), (False, 'chain_rule')])
+def test_one_token_pairs_in_one_pass_equal_the_general_path(causal, estimator):
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(rng.normal(size=(V, V)), jnp.float32),
+            'p': jnp.asarray(rng.normal(size=(64, V)), jnp.float32)}
+  tok = ByteTokenizer()
+  contexts = [[1] + tok.encode(s) for s in ('def f(x', 'a = [1, 2', "s = 'ab", 'x')]
+  pairs = [(c, tok.encode(ch)) for c in contexts for ch in ')]\'"(']
+  pairs.append((contexts[0], tok.encode('ab')))  # a longer continuation: general path only
+  fast = ContinuationScorer(token_model, Config(), causal=causal, estimator=estimator,
+                            num_samples=3, max_len=64)
+  slow = ContinuationScorer(token_model, Config(), causal=causal, estimator=estimator,
+                            num_samples=3, max_len=64)
+  slow.one_token_exact = False
+  np.testing.assert_allclose(fast(params, pairs), slow(params, pairs), rtol=1e-5, atol=1e-5)
+  # The general path of a one-token pair is exact too: it agrees with its own one sample.
+  one = ContinuationScorer(token_model, Config(), causal=causal, estimator=estimator,
+                           num_samples=1, max_len=64)
+  one.one_token_exact = False
+  np.testing.assert_allclose(slow(params, pairs)[:-1], one(params, pairs)[:-1], rtol=1e-5)

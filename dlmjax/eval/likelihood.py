@@ -32,6 +32,13 @@ harness agree exactly), and choices that share a continuation under different co
 (WinoGrande, the code cloze) are scored on the same masks: common random numbers, so
 their difference is estimated with far less noise than either term.
 
+One-token continuations are scored exactly in one pass, whatever K: AR reads the next-token
+distribution after the context, a diffusion model the distribution at the one masked
+position, which is what llada, llada_ld and chain_rule estimate for n = 1 with no variance
+(mc_elbo's 1/t weight is not exact there, so it keeps its samples). Choices that share a
+context then share that one row: a next-character task costs one row per item, not one per
+choice and sample.
+
 Rows are padded to a few length buckets (powers of two up to `max_len`), and each bucket's
 batches hold the same number of tokens, so a handful of shapes compile whatever the task.
 
@@ -116,6 +123,7 @@ def evaluate(nll_fn: NllFn, params: Any, batches: list[dict], *, causal: bool,
 # Scoring continuations: log p(continuation | context).
 
 ESTIMATORS = ('llada', 'llada_ld', 'mc_elbo', 'mc_elbo_ld', 'chain_rule')
+ONE_TOKEN_EXACT = ('llada', 'llada_ld', 'chain_rule')  # exact, with no variance, for n = 1
 Pair = tuple[Sequence[int], Sequence[int]]  # (context ids, continuation ids)
 
 
@@ -270,11 +278,28 @@ class ContinuationScorer:
       return logp_B, jnp.zeros(logp_B.shape, bool)
 
     @jax.jit
+    def next_logp_fn(params, batch):
+      # log p(token | context) for every token at each row's one continuation position.
+      model = model_fn(params)
+      start_B = jnp.argmax(batch['is_cont'], axis=1)
+      if causal:
+        logits_BxLxV = model(batch['tokens'], batch['segment_ids'], batch['positions'],
+                             causal=True)
+        at_B = start_B - 1
+      else:
+        inputs_BxL = jnp.where(batch['is_cont'], MASK_ID, batch['tokens'])
+        logits_BxLxV = model(inputs_BxL, batch['segment_ids'], batch['positions'], causal=False)
+        at_B = start_B
+      logits_BxV = jnp.take_along_axis(logits_BxLxV, at_B[:, None, None], axis=1)[:, 0]
+      return jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+
+    @jax.jit
     def greedy_fn(params, batch):
       model = model_fn(params)
       return ar_continuation_logp(model, batch)[1] if causal else dlm_greedy(model, batch)
 
-    self._score_fn, self._greedy_fn = score_fn, greedy_fn
+    self._score_fn, self._greedy_fn, self._next_logp_fn = score_fn, greedy_fn, next_logp_fn
+    self.one_token_exact = causal or estimator in ONE_TOKEN_EXACT
 
   def rows(self, pairs: Sequence[Pair]) -> list[tuple[int, list[int], int, int, int]]:
     """(pair index, ids, first scored position, sample, continuation hash) per row needed."""
@@ -318,10 +343,21 @@ class ContinuationScorer:
 
   def __call__(self, params: Any, pairs: Sequence[Pair], *, progress: bool = False) -> np.ndarray:
     """float64 [N]: the estimate of log p(continuation | context) of each pair."""
-    rows = self.rows(pairs)
-    total = np.zeros(len(pairs), np.float64)
+    fitted = [fit_pair(c, x, self.max_len) for c, x in pairs]
+    one = [i for i, (_, x) in enumerate(fitted) if len(x) == 1 and self.one_token_exact]
+    rest = sorted(set(range(len(pairs))) - set(one))
+    by_context: dict[tuple, list[int]] = {}  # one row per distinct context of one-token pairs
+    for i in one:
+      by_context.setdefault(tuple(fitted[i][0]), []).append(i)
+    groups = list(by_context.values())
+    next_rows = [(g, fitted[m[0]][0] + fitted[m[0]][1], len(fitted[m[0]][0]), 0, 0)
+                 for g, m in enumerate(groups)]
+    rows = self.rows([fitted[i] for i in rest])
+    total = np.zeros(len(rest), np.float64)
+    out = np.zeros(len(pairs), np.float64)
     done = 0
-    with StepProgress(len(rows), enabled=progress and sys.stderr.isatty(), label='scoring') as bar:
+    with StepProgress(len(rows) + len(next_rows), enabled=progress and sys.stderr.isatty(),
+                      label='scoring') as bar:
       for chunk, batch in self._batches(rows):
         logp_B, _ = self._score_fn(params, batch, jax.random.key(self.seed))
         logp_B = np.asarray(logp_B, np.float64)
@@ -329,7 +365,15 @@ class ContinuationScorer:
           total[rows[r][0]] += logp_B[b]
         done += len(chunk)
         bar.set(done)
-    return total / self.num_samples
+      for chunk, batch in self._batches(next_rows):
+        logp_BxV = np.asarray(self._next_logp_fn(params, batch), np.float64)
+        for b, r in enumerate(chunk):
+          for i in groups[next_rows[r][0]]:
+            out[i] = logp_BxV[b, fitted[i][1][0]]
+        done += len(chunk)
+        bar.set(done)
+    out[rest] = total / self.num_samples
+    return out
 
   def greedy(self, params: Any, pairs: Sequence[Pair]) -> np.ndarray:
     """bool [N]: AR, greedy decoding yields the continuation; DLM, with the continuation all

@@ -1,12 +1,14 @@
-"""Multiple-choice tasks, named by a spec string: `code_cloze` or `NAME:PATH`.
+"""Multiple-choice tasks, named by a spec string: an embedded task's name, `stdlib_suite` (all
+of them) or `NAME:PATH`.
 
     items = load_task('hellaswag:/data/hellaswag/hellaswag_val.jsonl', val_fraction=0.02)
     metrics = harness.evaluate_mc(score, tokenizer, items, max_len=2048)
     suite = TaskSuite(['code_cloze'], cfg, tokenizer, model_fn, causal=False)
     suite(params)   # {'code_cloze': {'acc': ..., 'acc_norm': ..., 'delta_nll': ...}}
 
-`code_cloze` is embedded (held-out standard-library files, `code_cloze.py`); the standard
-benchmarks read their official files from a local path (`benchmarks.py`): hellaswag, mmlu,
+The embedded tasks read held-out standard-library files: `code_cloze` (`code_cloze.py`) and
+the next-character tasks next_op, close_bracket, close_quote and ident_char (`next_char.py`);
+`stdlib_suite` names all five (3435 items on Python 3.11). The standard benchmarks read their official files from a local path (`benchmarks.py`): hellaswag, mmlu,
 arc_easy, arc_challenge, piqa, winogrande.
 """
 
@@ -19,10 +21,11 @@ from dlmjax.config import Config
 from dlmjax.data.tokenizer import Tokenizer
 from dlmjax.errors import UserError
 from dlmjax.eval.likelihood import ContinuationScorer
-from dlmjax.eval.tasks import benchmarks, code_cloze
+from dlmjax.eval.tasks import benchmarks, code_cloze, next_char
 from dlmjax.eval.tasks.harness import MCItem, encode_task, evaluate_encoded
 
-EMBEDDED = ('code_cloze',)
+EMBEDDED = ('code_cloze', *next_char.TASKS)
+SUITE = 'stdlib_suite'  # every embedded task
 FROM_FILE = {
     'hellaswag': benchmarks.hellaswag,
     'mmlu': benchmarks.mmlu,
@@ -38,8 +41,14 @@ def names() -> tuple[str, ...]:
 
 
 def split_specs(specs: str) -> list[str]:
-  """'code_cloze, hellaswag:/x.jsonl' -> ['code_cloze', 'hellaswag:/x.jsonl']."""
-  return [s.strip() for s in specs.split(',') if s.strip()]
+  """'code_cloze, hellaswag:/x.jsonl' -> ['code_cloze', 'hellaswag:/x.jsonl']; `stdlib_suite`
+  expands to every embedded task (each once)."""
+  out = []
+  for spec in (s.strip() for s in specs.split(',')):
+    for one in (EMBEDDED if spec == SUITE else (spec,) if spec else ()):
+      if one not in out:
+        out.append(one)
+  return out
 
 
 def task_name(spec: str) -> str:
@@ -50,7 +59,7 @@ def check_spec(spec: str) -> None:
   """Raises UserError for an unknown task or a file task without its path."""
   name, _, path = spec.partition(':')
   if name not in names():
-    raise UserError(f'unknown task {name!r}; known: {", ".join(names())}')
+    raise UserError(f'unknown task {name!r}; known: {SUITE}, {", ".join(names())}')
   if name in FROM_FILE and not path:
     raise UserError(f'task {name} reads its official file: give {name}:PATH')
   if name in EMBEDDED and path:
@@ -63,6 +72,8 @@ def load_task(spec: str, *, val_fraction: float) -> list[MCItem]:
   name, _, path = spec.partition(':')
   if name == 'code_cloze':
     return code_cloze.code_cloze(val_fraction)
+  if name in next_char.TASKS:
+    return next_char.load(name, val_fraction)
   items = FROM_FILE[name](path)
   if not items:
     raise UserError(f'task {name}: {path!r} holds no items')
@@ -90,7 +101,8 @@ class TaskSuite:
                      'samples': self.scorer.num_samples}
 
   def __call__(self, params: Any) -> dict[str, dict]:
-    """{task: metrics} (harness.aggregate's keys, plus the estimator and its samples)."""
+    """{task: metrics} (harness.aggregate's keys, item_correct among them, plus the estimator
+    and its samples)."""
     score = lambda pairs: self.scorer(params, pairs, progress=self.progress)
     return {name: {**evaluate_encoded(score, enc), **self.describe}
             for name, enc in self.encoded.items()}

@@ -105,8 +105,10 @@ def _stderr(x: np.ndarray) -> float:
   return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def aggregate(per_item: list[dict[str, float]], num_choices: Sequence[int]) -> dict[str, float]:
-  """Means over items, standard errors of acc and acc_norm, item count and chance level."""
+def aggregate(per_item: list[dict[str, float]], num_choices: Sequence[int]) -> dict:
+  """Means over items, standard errors of acc and acc_norm, item count, chance level, and
+  `item_correct`: one '1' or '0' per item in the task's order (its acc), so that two runs
+  scored on the same items can be compared item by item (a paired test)."""
   out: dict[str, float] = {}
   for key in ('acc', 'acc_norm', 'nll_true', 'nll_alt', 'delta_nll'):
     values = np.array([m[key] for m in per_item], np.float64)
@@ -115,6 +117,7 @@ def aggregate(per_item: list[dict[str, float]], num_choices: Sequence[int]) -> d
       out[f'{key}_stderr'] = _stderr(values)
   out['items'] = len(per_item)
   out['chance'] = float(np.mean([1.0 / n for n in num_choices]))
+  out['item_correct'] = ''.join('1' if m['acc'] else '0' for m in per_item)
   return out
 
 
