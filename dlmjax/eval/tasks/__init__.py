@@ -8,8 +8,9 @@ of them) or `NAME:PATH`.
 
 The embedded tasks read held-out standard-library files: `code_cloze` (`code_cloze.py`) and
 the next-character tasks next_op, close_bracket, close_quote and ident_char (`next_char.py`);
-`stdlib_suite` names all five (3435 items on Python 3.11). The standard benchmarks read their official files from a local path (`benchmarks.py`): hellaswag, mmlu,
-arc_easy, arc_challenge, piqa, winogrande.
+`stdlib_suite` names all five (3435 items on Python 3.11). The standard benchmarks read their
+official files from a local path (`benchmarks.py`): hellaswag, mmlu, arc_easy, arc_challenge,
+piqa, winogrande.
 """
 
 from __future__ import annotations
