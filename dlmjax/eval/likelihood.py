@@ -352,7 +352,7 @@ class ContinuationScorer:
     groups = list(by_context.values())
     next_rows = [(g, fitted[m[0]][0] + fitted[m[0]][1], len(fitted[m[0]][0]), 0, 0)
                  for g, m in enumerate(groups)]
-    rows = self.rows([fitted[i] for i in rest])
+    rows = self.rows([pairs[i] for i in rest])  # rows() fits them
     total = np.zeros(len(rest), np.float64)
     out = np.zeros(len(pairs), np.float64)
     done = 0

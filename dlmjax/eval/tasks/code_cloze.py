@@ -54,9 +54,9 @@ POOL_PER_FILE = 96
 NUM_ITEMS = 600
 
 
-def _seed(*parts: str) -> int:
-  return int.from_bytes(hashlib.sha1('\0'.join(('code_cloze',) + parts).encode()).digest()[:8],
-                        'big')
+def task_seed(task: str, *parts: str) -> int:
+  """A 64-bit seed from an embedded task's name and the parts of what is drawn."""
+  return int.from_bytes(hashlib.sha1('\0'.join((task,) + parts).encode()).digest()[:8], 'big')
 
 
 def eligible_lines(lines: list[str]) -> list[int]:
@@ -92,13 +92,13 @@ def code_cloze(val_fraction: float, num_items: int = NUM_ITEMS) -> list[MCItem]:
   for name in sorted(lines):
     picked = eligible_lines(lines[name])
     if len(picked) > POOL_PER_FILE:
-      rng = np.random.default_rng(_seed(name))
+      rng = np.random.default_rng(task_seed('code_cloze', name))
       picked = sorted(rng.choice(picked, POOL_PER_FILE, replace=False).tolist())
     for i in picked:
       groups[_indent(lines[name][i])].append((name, i))
   pool = [p for indent in sorted(groups) if len(groups[indent]) >= NUM_CHOICES
           for p in groups[indent]]
-  rng = np.random.default_rng(_seed('items'))
+  rng = np.random.default_rng(task_seed('code_cloze', 'items'))
   items = []
   for k in rng.permutation(len(pool))[:num_items]:
     name, t = pool[k]

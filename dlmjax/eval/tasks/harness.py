@@ -109,7 +109,7 @@ def aggregate(per_item: list[dict[str, float]], num_choices: Sequence[int]) -> d
   """Means over items, standard errors of acc and acc_norm, item count, chance level, and
   `item_correct`: one '1' or '0' per item in the task's order (its acc), so that two runs
   scored on the same items can be compared item by item (a paired test)."""
-  out: dict[str, float] = {}
+  out: dict = {}
   for key in ('acc', 'acc_norm', 'nll_true', 'nll_alt', 'delta_nll'):
     values = np.array([m[key] for m in per_item], np.float64)
     out[key] = float(values.mean())

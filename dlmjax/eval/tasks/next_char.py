@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import io
 import tokenize
 from typing import Callable, Iterator
@@ -49,7 +48,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dlmjax.data import corpus as corpus_lib
-from dlmjax.eval.tasks.code_cloze import held_out_files
+from dlmjax.eval.tasks.code_cloze import held_out_files, task_seed
 from dlmjax.eval.tasks.harness import MCItem
 
 PER_FILE_CAP = 48  # positions per (file, class) before balancing
@@ -63,16 +62,11 @@ class CharTask:
   num_items: int
 
 
-def _ops(tokens):
-  for t in tokens:
-    if t.type == tokenize.OP and t.string in NEXT_OP.choices:
-      yield t.start
-
-
-def _closing_brackets(tokens):
-  for t in tokens:
-    if t.type == tokenize.OP and t.string in CLOSE_BRACKET.choices:
-      yield t.start
+def _operators(chars: str):
+  """The positions of the operator tokens that are one of `chars`."""
+  def positions(tokens):
+    return (t.start for t in tokens if t.type == tokenize.OP and t.string in chars)
+  return positions
 
 
 def _closing_quotes(tokens):
@@ -94,16 +88,11 @@ def _ident_chars(tokens):
         yield t.start[0], t.start[1] + j
 
 
-NEXT_OP = CharTask('next_op', '(.,:=', _ops, 1045)
-CLOSE_BRACKET = CharTask('close_bracket', ')]', _closing_brackets, 370)
+NEXT_OP = CharTask('next_op', '(.,:=', _operators('(.,:='), 1045)
+CLOSE_BRACKET = CharTask('close_bracket', ')]', _operators(')]'), 370)
 CLOSE_QUOTE = CharTask('close_quote', '\'"', _closing_quotes, 420)
 IDENT_CHAR = CharTask('ident_char', 'aeinorst', _ident_chars, 1000)
 TASKS = {t.name: t for t in (NEXT_OP, CLOSE_BRACKET, CLOSE_QUOTE, IDENT_CHAR)}
-
-
-def _seed(*parts: str) -> int:
-  return int.from_bytes(hashlib.sha1('\0'.join(('next_char',) + parts).encode()).digest()[:8],
-                        'big')
 
 
 def _line_offsets(text: str) -> list[int]:
@@ -136,7 +125,7 @@ def task_positions(task: CharTask, docs: list[corpus_lib.Document]) -> dict[str,
       by_class[doc.text[at]].append((doc.name, at, row, col))
     for ch, found in by_class.items():
       if len(found) > PER_FILE_CAP:
-        rng = np.random.default_rng(_seed(task.name, doc.name, ch))
+        rng = np.random.default_rng(task_seed('next_char', task.name, doc.name, ch))
         found = [found[i] for i in sorted(rng.choice(len(found), PER_FILE_CAP, replace=False))]
       out[ch] += found
   return out
@@ -149,7 +138,7 @@ def char_items(task: CharTask, docs: list[corpus_lib.Document],
   num_items = task.num_items if num_items is None else num_items
   pools = task_positions(task, docs)
   per_class = min([num_items // len(task.choices)] + [len(pools[ch]) for ch in task.choices])
-  rng = np.random.default_rng(_seed(task.name, 'items'))
+  rng = np.random.default_rng(task_seed('next_char', task.name, 'items'))
   drawn = {ch: [pools[ch][i] for i in rng.choice(len(pools[ch]), per_class, replace=False)]
            for ch in task.choices}
   text = {d.name: d.text for d in docs}
