@@ -1,17 +1,19 @@
-"""`make demo`: the `crossover-tiny` grid, its report, and a short table of who wins where.
+"""`make demo`: the `demo-tiny` grid, its report, and the verdicts on the papers' headline.
 
     python -m dlmjax.demo [--out DIR] [--workers N] [key=value ...]
 
-Exactly `python -m experiments.grid run crossover-tiny --workers N` (N: one training per CPU
-core, at most one per run) followed by `report`
-(one code path: the grid runner trains, the report analyses), then a table read back from the
-report's summary.json: per unique-token budget, its epochs, AR's and the MDM's final and best
-validation bits/byte and which objective is better. Re-running resumes: complete runs are
-skipped, partial ones continue from their checkpoint.
+Exactly `python -m experiments.grid run demo-tiny --workers N` (N: one training per CPU core,
+at most one per run) followed by `report` (one code path: the grid runner trains, the report
+analyses), then read back from the report's summary.json: a table of every run's final
+validation bits/byte and macro accuracy on the embedded suite, and the verdicts of the
+report's two crossover claims (experiments/claims.py): at the smallest unique budget (16K,
+hundreds of epochs) and at one epoch of 1M, the MDM's final ELBO against AR's early-stopped
+exact NLL, and the two macro accuracies, each difference with its standard error.
+Re-running resumes: complete runs are skipped, partial ones continue from their checkpoint.
 
-The results go to runs/grids/crossover-tiny (so `python -m experiments.grid status
-crossover-tiny` sees them); with `key=value` overrides and no --out, to a directory named
-after the overrides, so a `seed=1` demo never collides with the default one.
+The results go to runs/grids/demo-tiny (so `python -m experiments.grid status demo-tiny` sees
+them); with `key=value` overrides and no --out, to a directory named after the overrides, so
+a `seed=1` demo never collides with the default one.
 """
 
 from __future__ import annotations
@@ -25,21 +27,13 @@ import sys
 from dlmjax.errors import UserError, exit_on_user_error
 from experiments import registry
 
-GRID = 'crossover-tiny'
+GRID = 'demo-tiny'
 
 
 def default_workers() -> int:
   # One training per core: at this size two trainings side by side on 2 cores beat one
   # training using XLA's threads on both (the prototype's measurement, docs/study-notes.md).
   return max(1, min(len(registry.get(GRID).runs), os.cpu_count() or 1))
-
-# Columns of the table: the summary.json run keys compared between AR and the MDM (lower is
-# better). Any other numeric per-run key (e.g. a task accuracy added by the evaluation) is
-# shown as extra columns, without a winner, since its direction is not known here.
-COMPARED = (('val_bits_per_byte', 'final'), ('best_val_bits_per_byte', 'best'))
-NOT_METRICS = {'name', 'objective', 'model', 'params', 'unique_tokens', 'epochs', 'train_tokens',
-               'flops', 'val_loss', 'best_step', 'seed', *(k for k, _ in COMPARED)}
-
 
 def demo_out(out: str | None, overrides: list[str]) -> str:
   """The grid's default directory, or one named after the overrides."""
@@ -51,46 +45,6 @@ def demo_out(out: str | None, overrides: list[str]) -> str:
   return base + '-' + re.sub(r'[^A-Za-z0-9_.=,-]+', '_', ','.join(overrides))
 
 
-def _mean(values: list[float]) -> float | None:
-  return sum(values) / len(values) if values else None
-
-
-def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-  """The demo table from a report summary: (header, rows), one row per unique-token budget,
-  smallest budget (most epochs) first; values are means over seeds."""
-  runs = summary['runs']
-  extras = sorted({k for r in runs for k, v in r.items()
-                   if k not in NOT_METRICS and isinstance(v, (int, float))
-                   and not isinstance(v, bool)})
-  header = ['unique tokens', 'epochs']
-  for _, label in COMPARED:
-    header += [f'AR {label}', f'MDM {label}', f'better ({label})']
-  header.append('MDM curve below AR')
-  for key in extras:
-    header += [f'AR {key}', f'MDM {key}']
-  timing = {c['unique_tokens']: c for c in summary.get('training_crossover', [])
-            if c.get('main_budget', True)}
-  rows = []
-  for u in sorted({r['unique_tokens'] for r in runs}):
-    at_u = [r for r in runs if r['unique_tokens'] == u]
-    value = lambda obj, key: _mean([float(r[key]) for r in at_u
-                                    if r['objective'] == obj and r.get(key) is not None])
-    row = _budget_cells(u, at_u)
-    for key, _ in COMPARED:
-      ar, mdm = value('ar', key), value('mdm', key)
-      row += [_num(ar), _num(mdm), _winner(ar, mdm)]
-    row.append(_timing(timing.get(u)))
-    for key in extras:
-      row += [_num(value('ar', key)), _num(value('mdm', key))]
-    rows.append(row)
-  return header, rows
-
-
-def _budget_cells(unique_tokens: float, runs: list[dict]) -> list[str]:
-  """The first two cells of a table row: the budget and its epochs (mean over the runs)."""
-  return [_count(unique_tokens), f'{_mean([float(r["epochs"]) for r in runs]):.4g}']
-
-
 def _count(n: float) -> str:
   for scale, suffix in ((1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
     if n >= scale:
@@ -98,65 +52,75 @@ def _count(n: float) -> str:
   return f'{n:g}'
 
 
-def _num(x: float | None) -> str:
-  return '-' if x is None else f'{x:.3f}'
+def _macro(tasks: dict) -> tuple[float, float] | None:
+  """A run's macro accuracy over its tasks and that figure's standard error over items."""
+  if not tasks:
+    return None
+  accs = [m['acc'] for m in tasks.values()]
+  ses = [m.get('acc_stderr', 0.0) for m in tasks.values()]
+  return sum(accs) / len(accs), sum(s * s for s in ses) ** 0.5 / len(ses)
 
 
-def _winner(ar: float | None, mdm: float | None) -> str:
-  if ar is None or mdm is None:
-    return '-'
-  if ar == mdm:
-    return 'tie'
-  return f'{"MDM" if mdm < ar else "AR"} by {abs(ar - mdm):.2f}'
+def _mean(values: list[float]) -> float | None:
+  return sum(values) / len(values) if values else None
 
 
-def _timing(c: dict | None) -> str:
-  """When the MDM's validation curve went below the AR's, in epochs of training."""
-  if c is None:
-    return '-'
-  if c['status'] == 'crossed':
-    return f'after {c["epochs"]:.3g} ep'
-  if c['status'] == 'mdm_ahead_from_start':
-    return 'from the first eval'
-  return 'never' if c['status'] == 'not_reached' else '-'
-
-
-def task_rows(summary: dict, task: str) -> list[list[str]]:
-  """Rows of the task table: unique tokens, epochs, then AR's and the MDM's final accuracy
-  (+- one standard error over items, seed-averaged) and its distance from chance in standard
-  errors; budgets in table_rows' order."""
-  runs = [r for r in summary['runs'] if task in r.get('tasks', {})]
+def table_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+  """One row per (unique tokens, objective, epochs), smallest budget first; values are means
+  over seeds. The length each objective's comparison uses (claims.best_length: lowest final
+  validation loss at that budget) is marked."""
+  chosen = set()
+  for c in summary.get('claims', []):
+    if c['claim'] == 'crossover_validation' and c['verdict'] != 'not tested':
+      for end, u in zip(('small', 'large'), c['values']['unique_tokens']):
+        g = c['values'][end]
+        chosen |= {(u, 'ar', g['ar_epochs']), (u, 'mdm', g['mdm_epochs'])}
+  header = ['unique tokens', 'objective', 'epochs', 'final val bits/byte', 'macro accuracy',
+            'compared']
+  groups: dict[tuple, list[dict]] = {}
+  for r in summary['runs']:
+    groups.setdefault((r['unique_tokens'], r['objective'], r['epochs']), []).append(r)
   rows = []
-  for u in sorted({r['unique_tokens'] for r in runs}):
-    at_u = [r for r in runs if r['unique_tokens'] == u]
-    row = _budget_cells(u, at_u)
-    for obj in ('ar', 'mdm'):
-      scores = [r['tasks'][task] for r in at_u if r['objective'] == obj]
-      if not scores:
-        row += ['-', '-']
-        continue
-      acc = _mean([s['acc'] for s in scores])
-      se = _mean([s['acc_stderr'] for s in scores]) / len(scores) ** 0.5
-      chance = scores[0]['chance']
-      row += [f'{acc:.3f} +- {se:.3f}', f'{(acc - chance) / se:+.1f}' if se > 0 else '-']
-    rows.append(row)
-  return rows
+  for (u, obj, ep), runs in sorted(groups.items()):
+    bpb = _mean([r['val_bits_per_byte'] for r in runs if r.get('val_bits_per_byte') is not None])
+    macros = [m for m in (_macro(r.get('tasks') or {}) for r in runs) if m]
+    acc = '-'
+    if macros:
+      se = (sum(s * s for _, s in macros) ** 0.5) / len(macros)
+      acc = f'{_mean([a for a, _ in macros]):.3f} +- {se:.3f}'
+    rows.append([_count(u), obj.upper(), f'{ep:.4g}', '-' if bpb is None else f'{bpb:.3f}', acc,
+                 'yes' if (u, obj, ep) in chosen else ''])
+  return header, rows
 
 
-def conclusion(summary: dict) -> list[str]:
-  """The sentences under the table: where the crossover in unique tokens lies."""
+def verdicts(summary: dict) -> list[str]:
+  """The demo's verdicts, from the report's claims: at the smallest and the largest unique
+  budget, who is better on validation (MDM ELBO vs AR's early-stopped exact NLL) and on macro
+  accuracy, each with its standard error, and whether the crossover is shown."""
   lines = []
-  for model, entry in summary.get('crossover', {}).items():
-    for metric, what in (('final', 'final values'), ('best', 'early-stopped (best) values')):
-      c = entry[metric]
-      if c['status'] == 'crossed' and c['direction'] == 'mdm_better_below':
-        lines.append(f'{what}: MDM beats AR below U = {_count(c["unique_tokens"])} unique tokens '
-                     f'(above {c["epochs"]:.3g} epochs), AR wins above it.')
-      elif c['status'] == 'crossed':
-        lines.append(f'{what}: AR beats MDM below U = {_count(c["unique_tokens"])}, '
-                     f'MDM above it (the reverse of the papers).')
+  for c in summary.get('claims', []):
+    if c['claim'] not in ('crossover_validation', 'crossover_accuracy'):
+      continue
+    what = 'validation' if c['claim'] == 'crossover_validation' else 'downstream accuracy'
+    if c['verdict'] == 'not tested':
+      lines.append(f'{what}: not tested ({c["figures"]})')
+      continue
+    for end, u in zip(('small', 'large'), c['values']['unique_tokens']):
+      g = c['values'][end]
+      se = g['se'] if g['se'] is not None else float('nan')
+      better = 'MDM' if g['diff'] > 0 else 'AR'
+      sig = abs(g['diff']) > 2 * se
+      if c['claim'] == 'crossover_validation':
+        figure = (f'MDM final ELBO {g["mdm"]:.3f} ({g["mdm_epochs"]:g} ep) vs AR best exact NLL '
+                  f'{g["ar"]:.3f} ({g["ar_epochs"]:g} ep), bits/byte')
       else:
-        lines.append(f'{what}: no crossover in range ({c["status"].replace("_", " ")}).')
+        figure = (f'macro accuracy MDM {g["mdm"]:.3f} ({g["mdm_epochs"]:g} ep) vs AR '
+                  f'{g["ar"]:.3f} ({g["ar_epochs"]:g} ep)')
+      lines.append(f'U = {_count(u)}, {what}: {figure}: '
+                   + (f'{better} better by {abs(g["diff"]):.3f} +- {se:.3f}' if sig else
+                      f'no difference beyond 2 SE ({g["diff"]:+.3f} +- {se:.3f})')
+                   + f' [{g["seeds"]} seed{"s" if g["seeds"] > 1 else ""}]')
+    lines.append(f'crossover on {what}: {c["verdict"].upper()}')
   return lines
 
 
@@ -164,31 +128,22 @@ def print_summary(summary: dict) -> None:
   import rich.console
   import rich.table
   header, rows = table_rows(summary)
-  table = rich.table.Table(title=f'{summary["grid"]}: validation bits/byte (lower is better)',
-                           title_justify='left')
+  table = rich.table.Table(
+      title=f'{summary["grid"]}: final validation bits/byte (MDM: ELBO, an upper bound; AR: '
+            f'exact) and macro accuracy over the embedded suite (+- 1 SE over items)',
+      title_justify='left')
   for i, h in enumerate(header):
-    table.add_column(h, justify='left' if i == 0 else 'right')
+    table.add_column(h, justify='left' if i < 2 else 'right')
   for row in rows:
     table.add_row(*row)
   console = rich.console.Console(width=None if sys.stdout.isatty() else 160)
   console.print(table)
-  for line in conclusion(summary):
+  for line in verdicts(summary):
     console.print('- ' + line, highlight=False)
-  console.print('(MDM values are Monte Carlo ELBO bounds; AR values are exact.)', highlight=False)
-  for task in sorted({t for r in summary['runs'] for t in r.get('tasks', {})}):
-    scored = [r for r in summary['runs'] if task in r.get('tasks', {})]
-    first = scored[0]['tasks'][task]
-    mdm = next((r['tasks'][task] for r in scored if r['objective'] == 'mdm'), {})
-    how = f'; MDM: {mdm["estimator"]}, K={mdm["samples"]}' if 'estimator' in mdm else ''
-    table = rich.table.Table(
-        title=f'{task}: final accuracy (chance {first["chance"]:.0%}; {first["items"]} items'
-              f'{how})', title_justify='left')
-    for i, h in enumerate(['unique tokens', 'epochs', 'AR acc', 'SE above chance', 'MDM acc',
-                           'SE above chance']):
-      table.add_column(h, justify='left' if i == 0 else 'right')
-    for row in task_rows(summary, task):
-      table.add_row(*row)
-    console.print(table)
+  console.print('(each objective at its best length by validation loss, paired by seed; '
+                'the MDM\'s ELBO bounds its NLL from above, so "MDM better" on validation is '
+                'conservative; accuracy SEs from a paired bootstrap over items and seeds. '
+                'All claims: the report\'s claims table.)', highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

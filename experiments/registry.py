@@ -36,6 +36,7 @@ class RunSpec:
   overrides: tuple[str, ...]  # applied on top of Grid.configs
   tokens: int  # round(unique_tokens * epochs)
   flops: float  # training FLOPs of the whole run (dlmjax.flops convention)
+  tag: str = ''  # the variant the name ends with ('imask0.3', 'lr1e-3'); '' or 'base': plain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def make_run(configs: tuple[str, ...], objective: str, model: str, unique_tokens
   per_token = flops_lib.train_flops_per_token(cfg.model, vocab_size(cfg), cfg.data.seq_len)
   return RunSpec(name=name, objective=objective, model=model, unique_tokens=unique_tokens,
                  epochs=epochs, seed=seed, overrides=overrides, tokens=tokens,
-                 flops=per_token * tokens)
+                 flops=per_token * tokens, tag=tag)
 
 
 def _epochs_for(total: float, unique: int) -> float:

@@ -3,7 +3,8 @@
 `write_report(grid, out_dir)` reads each run's directory `OUT/runs/<RunSpec.name>/`
 (result.json, eval.jsonl) and writes into `out_dir`:
 
-    report.md      header, table of runs, crossover statements, fit table, plots
+    report.md      header, table of runs, the papers' claims with verdicts (experiments/
+                   claims.py), crossover statements, fit table, accuracy, plots
     summary.json   the same numbers for programs (see `write_report`)
     *.png          epochs view, training curves, training-time crossover, FLOPs-matched view
 
@@ -23,6 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from dlmjax.rundir import RunDir, training_evals, write_json_atomic, write_text_atomic
+from experiments import claims as claims_lib
 
 OBJECTIVES = ('ar', 'mdm')
 COLORS = {'ar': 'tab:blue', 'mdm': 'tab:orange'}
@@ -70,11 +72,22 @@ def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
         'best_val_bits_per_byte': res.get('best_val_bits_per_byte'),
         'best_step': res.get('best_step'),
         'seed': res.get('seed', spec.seed),
+        'variant': variant(spec),
+        'overrides': tuple(getattr(spec, 'overrides', ())),
+        'val_loss_stderr': res.get('val_loss_stderr'),
+        'best_rescored': res.get('best_rescored'),
         'budget_tokens': spec.tokens,
         'curve': curve,
         'tasks': res.get('tasks') or {},  # final multiple-choice metrics (eval.tasks)
     })
   return rows, incomplete
+
+
+def variant(spec) -> str:
+  """The run's variant tag ('imask0.3', 'lr1e-3'); '' for a grid's plain runs, which recipe
+  grids tag 'base'."""
+  tag = getattr(spec, 'tag', '')
+  return '' if tag == 'base' else tag
 
 
 def _mean_by(rows: Iterable[dict], key, value: str) -> dict:
@@ -325,7 +338,24 @@ def _ordering(pairs: list[tuple[float, float]], *, later_is_yes: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data-constrained scaling law (Muennighoff et al. 2023)
+# Data-constrained scaling law (Muennighoff et al. 2023), fitted in their two stages
+#
+# Stage 1, the base law L(D) = E + B / D^beta, comes from single-epoch runs at several unique
+# budgets D (no repetition, so D' = D). Stage 2 fits R* alone, with E, B and beta held, to the
+# repeated runs: D' = U + U R* (1 - exp(-R / R*)), R = epochs - 1. A run past its overfitting
+# minimum (final loss above its best by more than OVERFIT_TOLERANCE) is left out of stage 2, as
+# the law describes loss that still falls with more (effective) data. Both stages minimise a
+# Huber loss on log loss from several starts; a bootstrap over the points gives intervals. R*
+# is "not identified" when the repeated runs lie on one total-token line (R* and the base law
+# trade off along it), when its estimate sits on a bound, or when more than 5% of the
+# bootstrap fits do.
+
+OVERFIT_TOLERANCE = 0.01  # relative: final > best * (1 + this) means past the minimum
+HUBER_DELTA = 1e-3  # on log loss, Muennighoff et al.'s choice
+R_STAR_BOUNDS = (1e-2, 1e5)
+MIN_SINGLE_EPOCH_BUDGETS = 3
+MIN_REPEATED_TOTALS = 2
+
 
 def effective_data(unique_tokens, epochs, r_star):
   """D' = U + U R* (1 - exp(-R / R*)), R = epochs - 1 (repetitions beyond the first pass)."""
@@ -339,74 +369,145 @@ def law(unique_tokens, epochs, e, b, beta, r_star):
   return e + b / effective_data(unique_tokens, epochs, r_star) ** beta
 
 
-def fit_scaling_law(unique_tokens, epochs, loss, min_points: int = 4) -> dict:
-  """Least-squares fit of (E, B, beta, R*) to losses at (U, epochs); seed-averaged first.
+def _huber(r: np.ndarray, delta: float = HUBER_DELTA) -> float:
+  a = np.abs(r)
+  return float(np.sum(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))))
 
-  Returns {"E", "B", "beta", "R_star", "rmse", "points"} or {"status": "too few points"}.
-  Parameters are fitted as logs (all positive, spanning decades) and D' is scaled by a
-  reference D0 (the geometric mean of U), so B's fitted value is O(1) whatever the token units;
-  B is reported in tokens: B = B0 * D0^beta.
-  """
+
+def _fit_base(d: np.ndarray, y: np.ndarray, d0: float,
+              start: tuple[float, float, float] | None = None) -> tuple[float, float, float] | None:
+  """(E, B, beta) of L = E + B (D / d0)^-beta minimising the Huber loss on log L; from a grid
+  of starts, or from `start` alone (a bootstrap resample starts at the full data's fit)."""
   from scipy import optimize
 
-  means = _mean_by(({'k': (float(u), float(e)), 'l': l}
-                    for u, e, l in zip(unique_tokens, epochs, loss)), lambda r: r['k'], 'l')
-  if len(means) < min_points:
-    return {'status': 'too few points', 'points': len(means)}
-  keys = sorted(means)
-  u = np.array([k[0] for k in keys])
-  ep = np.array([k[1] for k in keys])
-  y = np.array([means[k] for k in keys])
-  d0 = float(np.exp(np.mean(np.log(u))))
+  def objective(p):
+    e, b0, beta = np.exp(p)
+    pred = e + b0 * (d / d0) ** -beta
+    return _huber(np.log(pred) - np.log(y))
 
-  def predict(p):
-    log_e, log_b0, log_beta, log_r = p
-    beta = math.exp(log_beta)
-    dp = effective_data(u, ep, math.exp(log_r)) / d0
-    return math.exp(log_e) + math.exp(log_b0) * dp ** -beta
-
-  lo = np.array([math.log(1e-6), math.log(1e-12), math.log(1e-3), math.log(1e-2)])
-  hi = np.array([math.log(1e3), math.log(1e12), math.log(3.0), math.log(1e6)])
   best = None
-  # Several starts: R* and beta are poorly conditioned jointly; for each (beta, R*) start,
-  # E and B0 follow from a linear least-squares solve, which lands near the right basin.
-  for beta0 in (0.1, 0.3, 0.7):
-    for r0 in (1.0, 10.0, 100.0, 1000.0):
-      x = (effective_data(u, ep, r0) / d0) ** -beta0
-      a = np.stack([np.ones_like(x), x], axis=1)
-      (e0, b0), *_ = np.linalg.lstsq(a, y, rcond=None)
-      e0 = min(e0 if e0 > 0 else 0.5 * float(y.min()), 0.99 * float(y.min()))
-      b0 = max(b0, 1e-3)
-      p0 = np.clip([math.log(max(e0, 1e-5)), math.log(b0), math.log(beta0), math.log(r0)],
-                   lo + 1e-9, hi - 1e-9)
-      try:
-        sol = optimize.least_squares(lambda p: predict(p) - y, p0, bounds=(lo, hi),
-                                     x_scale='jac', xtol=1e-14, ftol=1e-14, gtol=1e-14,
-                                     max_nfev=5000)
-      except (ValueError, FloatingPointError):
-        continue
-      if np.isfinite(sol.cost) and (best is None or sol.cost < best.cost):
-        best = sol
-  if best is None:
-    return {'status': 'fit failed', 'points': len(means)}
-  log_e, log_b0, log_beta, log_r = best.x
-  beta = math.exp(log_beta)
-  return {'E': math.exp(log_e), 'B': math.exp(log_b0) * d0 ** beta, 'beta': beta,
-          'R_star': math.exp(log_r), 'rmse': float(np.sqrt(np.mean(best.fun ** 2))),
-          'points': len(means)}
+  # A grid of starts, as Muennighoff et al. do: the surface has flat valleys in (E, beta).
+  starts = [start] if start else [
+      (e_frac * float(y.min()), max(float(y.max()) - e_frac * float(y.min()), 1e-6), beta0)
+      for e_frac in (0.1, 0.5, 0.9) for beta0 in (0.05, 0.2, 0.5, 1.0)]
+  for p0 in starts:
+    sol = optimize.minimize(objective, np.log(p0), method='L-BFGS-B',
+                            bounds=[(math.log(1e-6), math.log(1e4)),
+                                    (math.log(1e-9), math.log(1e9)),
+                                    (math.log(1e-3), math.log(3.0))],
+                            options={'ftol': 1e-15, 'gtol': 1e-12, 'maxiter': 5000})
+    if np.isfinite(sol.fun) and (best is None or sol.fun < best.fun):
+      best = sol
+  return None if best is None else tuple(float(v) for v in np.exp(best.x))
+
+
+def _fit_r_star(u, ep, y, base, d0) -> float:
+  """R* alone, E, B, beta held: a dense log grid, then a bounded refinement of its best cell."""
+  from scipy import optimize
+
+  e, b0, beta = base
+
+  def objective(log_r):
+    pred = e + b0 * (effective_data(u, ep, math.exp(log_r)) / d0) ** -beta
+    return _huber(np.log(pred) - np.log(y))
+
+  lo, hi = (math.log(v) for v in R_STAR_BOUNDS)
+  grid = np.linspace(lo, hi, 57)
+  vals = [objective(g) for g in grid]
+  i = int(np.argmin(vals))
+  a, c = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+  sol = optimize.minimize_scalar(objective, bounds=(a, c), method='bounded',
+                                 options={'xatol': 1e-9})
+  return math.exp(sol.x if sol.fun <= vals[i] else grid[i])
+
+
+def _at_bound(r_star: float) -> bool:
+  lo, hi = R_STAR_BOUNDS
+  return r_star <= lo * 1.05 or r_star >= hi / 1.05
+
+
+def fit_scaling_law(points: list[dict], *, resamples: int = 200, seed: int = 0) -> dict:
+  """The two-stage fit on one objective and model size.
+
+  `points`: {"unique_tokens", "epochs", "loss" (final), "best" (the run's lowest validation
+  loss; None: not checked)}; seeds are averaged per (U, epochs) first. Returns {"status":
+  "identified" | "not identified" | "not enough points", "reason", "E", "B", "beta" (stage 1,
+  B in tokens), "R_star", "R_star_ci95", "single_epoch_points", "repeated_points",
+  "excluded_overfit", "totals", "rmse_log"}.
+  """
+  keyed = collections.defaultdict(list)
+  for p in points:
+    if p.get('loss') is not None:
+      keyed[float(p['unique_tokens']), float(p['epochs'])].append(p)
+  avg = {}
+  for k, ps in keyed.items():
+    bests = [q['best'] for q in ps if q.get('best') is not None]
+    avg[k] = (float(np.mean([q['loss'] for q in ps])),
+              float(np.mean(bests)) if len(bests) == len(ps) else None)
+  single = sorted((u, l) for (u, e), (l, _) in avg.items() if abs(e - 1.0) < 1e-9)
+  repeated_all = sorted((u, e, l, b) for (u, e), (l, b) in avg.items() if e > 1.0 + 1e-9)
+  repeated = [(u, e, l) for u, e, l, b in repeated_all
+              if b is None or l <= b * (1.0 + OVERFIT_TOLERANCE)]
+  totals = sorted({round(u * e) for u, e, _ in repeated})
+  out: dict[str, Any] = {'single_epoch_points': len(single), 'repeated_points': len(repeated),
+                         'excluded_overfit': len(repeated_all) - len(repeated),
+                         'totals': totals}
+  if len({u for u, _ in single}) < MIN_SINGLE_EPOCH_BUDGETS:
+    return {**out, 'status': 'not enough points',
+            'reason': f'the base law needs single-epoch runs at {MIN_SINGLE_EPOCH_BUDGETS}+ '
+                      f'unique budgets; this grid has {len(single)}'}
+  su = np.array([u for u, _ in single])
+  sy = np.array([l for _, l in single])
+  d0 = float(np.exp(np.mean(np.log(su))))
+  base = _fit_base(su, sy, d0)
+  if base is None:
+    return {**out, 'status': 'not enough points', 'reason': 'the base-law fit failed'}
+  e, b0, beta = base
+  out.update(E=e, B=b0 * d0 ** beta, beta=beta,
+             rmse_log=float(np.sqrt(np.mean((np.log(e + b0 * (su / d0) ** -beta)
+                                             - np.log(sy)) ** 2))))
+  if len(totals) < MIN_REPEATED_TOTALS:
+    return {**out, 'status': 'not identified',
+            'reason': f'R* needs repeated runs (before their overfitting minimum) at '
+                      f'{MIN_REPEATED_TOTALS}+ total-token budgets; this grid has {len(totals)}'}
+  ru = np.array([u for u, _, _ in repeated])
+  re_ = np.array([e for _, e, _ in repeated])
+  ry = np.array([l for _, _, l in repeated])
+  r_star = _fit_r_star(ru, re_, ry, base, d0)
+  rng = np.random.default_rng(seed)
+  boot = []
+  for _ in range(resamples):
+    i = rng.integers(0, len(su), len(su))
+    j = rng.integers(0, len(ru), len(ru))
+    if (len(set(su[i])) < MIN_SINGLE_EPOCH_BUDGETS
+        or len({round(u * x) for u, x in zip(ru[j], re_[j])}) < MIN_REPEATED_TOTALS):
+      continue  # a resample the design itself could not fit
+    b = _fit_base(su[i], sy[i], d0, start=base)
+    if b is not None:
+      boot.append(_fit_r_star(ru[j], re_[j], ry[j], b, d0))
+  out['R_star'] = r_star
+  out['bootstrap_fits'] = len(boot)
+  if boot:
+    out['R_star_ci95'] = [float(v) for v in np.percentile(boot, [2.5, 97.5])]
+  share_at_bound = float(np.mean([_at_bound(r) for r in boot])) if boot else 1.0
+  if _at_bound(r_star) or share_at_bound > 0.05:
+    return {**out, 'status': 'not identified',
+            'reason': f'R* lies on its bound {R_STAR_BOUNDS} (estimate {r_star:.3g}; '
+                      f'{share_at_bound:.0%} of bootstrap fits)'}
+  return {**out, 'status': 'identified', 'reason': ''}
 
 
 def scaling_fits(rows: list[dict]) -> dict:
-  """{model: {objective: fit}} on the final bits/byte of each objective's complete runs."""
+  """{model: {objective: fit}} on the final validation loss of each objective's plain runs."""
   out = {}
   for model in sorted({r['model'] for r in rows}, key=_model_order(rows)):
     out[model] = {}
     for obj in sorted({r['objective'] for r in rows if r['model'] == model}):
       sel = [r for r in rows if r['model'] == model and r['objective'] == obj
-             and r['val_bits_per_byte'] is not None]
-      out[model][obj] = fit_scaling_law([r['unique_tokens'] for r in sel],
-                                        [r['epochs'] for r in sel],
-                                        [r['val_bits_per_byte'] for r in sel])
+             and not r.get('variant')]
+      out[model][obj] = fit_scaling_law(
+          [{'unique_tokens': r['unique_tokens'], 'epochs': r['epochs'],
+            'loss': r['val_bits_per_byte'], 'best': r['best_val_bits_per_byte']} for r in sel])
   return out
 
 
@@ -655,8 +756,9 @@ def _f(x, spec='.4f') -> str:
 
 
 def _crossover_sentence(model, metric, c) -> str:
-  what = {'final': 'final bits/byte (paper-1 protocol)',
-          'best': 'best bits/byte (early stopping; the stricter comparison for AR)'}[metric]
+  what = {'final': 'final validation bits/byte (MDM: ELBO, an upper bound; AR: exact NLL)',
+          'best': 'lowest validation bits/byte within each run (a mid-schedule checkpoint; '
+                  'biased toward the noisier MDM estimate)'}[metric]
   span = ''
   if c.get('range'):
     span = f' over U = {_fmt_tokens(c["range"][0])} .. {_fmt_tokens(c["range"][1])}'
@@ -721,7 +823,21 @@ def _timing_markdown(entries, trends) -> list[str]:
   return lines
 
 
-def _markdown(grid, rows, incomplete, cross, fits, plots, timing, trends) -> str:
+def _fit_intro() -> str:
+  return ('L(D\') = E + B / D\'^beta with D\' = U + U R* (1 - exp(-R / R*)), R = epochs - 1, '
+          'fitted in Muennighoff et al.\'s (2023) two stages to final validation bits/byte: '
+          'E, B, beta from single-epoch runs at several unique budgets, then R* alone from the '
+          'repeated runs at two or more total budgets that are not past their overfitting '
+          'minimum; Huber loss on log loss, several starts, 95% interval from a bootstrap over '
+          'the points. A figure is given only where it is identified. Published: R* about '
+          f'{PUBLISHED_R_STAR["ar"]:g} for AR (Muennighoff et al.) and about '
+          f'{PUBLISHED_R_STAR["mdm"]:g} for diffusion (Prabhudesai et al. 2025); the first '
+          'paper (arXiv 2511.03276) objects that this formulation, fitted to validation loss, '
+          'misses that downstream accuracy keeps improving after the loss turns up, so it reads '
+          'R* as a lower bound on the useful repetitions, not their limit.')
+
+
+def _markdown(grid, rows, incomplete, cross, fits, plots, timing, trends, claims) -> str:
   total = len(rows) + len(incomplete)
   lines = [f'# Report: grid `{grid.name}`', '',
            f'{getattr(grid, "description", "")}', '',
@@ -744,6 +860,7 @@ def _markdown(grid, rows, incomplete, cross, fits, plots, timing, trends) -> str
         f'| {_fmt_tokens(r["train_tokens"])} | {_f(r["flops"], ".3g")} '
         f'| {_f(r["val_bits_per_byte"])} | {_f(r["best_val_bits_per_byte"])} '
         f'({r["best_step"] if r["best_step"] is not None else "-"}) | {r["seed"]} |')
+  lines += ['', *claims_lib.markdown(claims)]
   lines += ['', '## Crossover', '',
             'd(U) = bits/byte(AR) - bits/byte(MDM), seed-averaged, at a fixed total-token budget; '
             'the crossover is where d changes sign, interpolated linearly in log U '
@@ -752,27 +869,28 @@ def _markdown(grid, rows, incomplete, cross, fits, plots, timing, trends) -> str
     for metric in ('final', 'best'):
       lines.append(_crossover_sentence(model, metric, entry[metric]))
   lines.append('')
-  for metric, proto in (('final', 'Final values (the first paper\'s protocol)'),
-                        ('best', 'Early-stopped values (the stricter comparison)')):
+  for metric, proto in (('final', 'Final validation values (MDM ELBO vs AR exact NLL)'),
+                        ('best', 'Within-run lowest values')):
     held = [m for m, e in cross.items() if _claim_holds(e[metric])]
     lines.append(f'- {proto}: MDM overtakes AR as unique data shrinks for '
                  f'{len(held)}/{len(cross)} model sizes'
                  + (f' ({", ".join(map(str, held))}).' if held else '.'))
   lines += ['', *_timing_markdown(timing, trends), '', '## Data-constrained scaling law', '',
-            'L(D\') = E + B / D\'^beta with D\' = U + U R* (1 - exp(-R / R*)), R = epochs - 1 '
-            '(Muennighoff et al. 2023), fitted to final bits/byte per objective and model. '
-            f'Published R*: about {PUBLISHED_R_STAR["ar"]:g} for AR, about '
-            f'{PUBLISHED_R_STAR["mdm"]:g} for MDM (Prabhudesai et al. 2025).', '',
-            '| model | objective | E | B | beta | R* | RMSE (bits/byte) | points |',
-            '|---|---|---:|---:|---:|---:|---:|---:|']
+            _fit_intro(),
+            '', '| model | objective | status | E | B | beta | R* (95% interval) '
+            '| single-epoch points | repeated points (totals; past minimum, left out) |',
+            '|---|---|---|---:|---:|---:|---:|---:|---|']
   for model, per_obj in fits.items():
     for obj, fit in per_obj.items():
-      if 'status' in fit:
-        lines.append(f'| {model} | {obj} | {fit["status"]} ({fit["points"]}) | | | | | '
-                     f'{fit["points"]} |')
-      else:
-        lines.append(f'| {model} | {obj} | {fit["E"]:.4g} | {fit["B"]:.4g} | {fit["beta"]:.4g} '
-                     f'| {fit["R_star"]:.4g} | {fit["rmse"]:.3g} | {fit["points"]} |')
+      r_star = '-'
+      if fit['status'] == 'identified':
+        ci = fit.get('R_star_ci95')
+        r_star = f'{fit["R_star"]:.3g}' + (f' ({ci[0]:.3g} .. {ci[1]:.3g})' if ci else '')
+      status = fit['status'] + (f': {fit["reason"]}' if fit.get('reason') else '')
+      lines.append(f'| {model} | {obj} | {status} | {_f(fit.get("E"), ".4g")} '
+                   f'| {_f(fit.get("B"), ".4g")} | {_f(fit.get("beta"), ".4g")} | {r_star} '
+                   f'| {fit["single_epoch_points"]} | {fit["repeated_points"]} '
+                   f'({len(fit["totals"])}; {fit["excluded_overfit"]}) |')
   lines += _accuracy_markdown(rows)
   lines += ['', '## Plots', '']
   for p in plots:
@@ -788,7 +906,10 @@ def write_report(grid, out_dir) -> dict:
    "crossover": {model: {"final", "best"}}             (crossover in unique tokens: crossover()),
    "training_crossover": [entry per (model, U)]        (in training time: training_crossovers()),
    "training_crossover_trends": {"more_unique_data", "larger_model"}       (timing_trends()),
-   "scaling_fit": {model: {objective: fit}}, "plots": [file names]}.
+   "scaling_fit": {model: {objective: fit}}                          (fit_scaling_law()),
+   "accuracy": {task: {"crossover", "rising_val_loss"}}             (accuracy_summary()),
+   "claims": [{"claim", "model", "verdict", "figures", "values"}]   (experiments/claims.py),
+   "plots": [file names]}.
   """
   import matplotlib
   matplotlib.use('Agg')  # no display on a cluster node or in CI
@@ -800,6 +921,9 @@ def write_report(grid, out_dir) -> dict:
   timing = training_crossovers(rows)
   trends = timing_trends(timing, _model_order(rows))
   fits = scaling_fits(rows)
+  acc = accuracy_summary(rows)
+  checks = [c for t in acc.values() for c in t['rising_val_loss']]
+  claims = claims_lib.claims(rows, trends, fits, checks, _model_order(rows))
 
   plots = []
   for name, fn, args in accuracy_plots(rows):
@@ -831,10 +955,11 @@ def write_report(grid, out_dir) -> dict:
   summary['scaling_fit'] = {str(k): v for k, v in fits.items()}
   summary['runs'] = [dict(s, tasks=r['tasks']) if r['tasks'] else s
                      for s, r in zip(summary['runs'], rows)]
-  summary['accuracy'] = accuracy_summary(rows)
+  summary['accuracy'] = acc
+  summary['claims'] = claims
   write_json_atomic(out / 'summary.json', summary)
   write_text_atomic(out / 'report.md', _markdown(grid, rows, incomplete, cross, fits, plots, timing,
-                                                   trends))
+                                                   trends, claims))
   return summary
 
 

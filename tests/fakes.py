@@ -53,11 +53,11 @@ CURVE_STEPS = (2, 4, 6, 8, 10)  # eval steps of a synthetic run given a `curve`,
 
 
 def write_run_dir(rd, objective, unique_tokens, tokens, bpb=None, *, best=None, seed=0,
-                  complete=True, params=1_000_000, curve=None) -> float:
+                  complete=True, params=1_000_000, curve=None, tasks=None) -> float:
   """Writes a run directory as training would (eval.jsonl, metrics.jsonl, result.json if
   `complete`) with hand-chosen numbers; returns its FLOPs. `bpb` is the final validation
   bits/byte and `best` the best; `curve`, if given, the bits/byte at CURVE_STEPS (its last value
-  is then the final one)."""
+  is then the final one); `tasks`, the final task metrics in result.json."""
   rd.mkdir(parents=True)
   epochs = tokens / unique_tokens
   bpb = curve[-1] if curve is not None else bpb
@@ -82,6 +82,14 @@ def write_run_dir(rd, objective, unique_tokens, tokens, bpb=None, *, best=None, 
               'steps': steps, 'flops': flops, 'val_loss': bpb * 0.7, 'val_loss_stderr': 0.01,
               'val_bits_per_byte': bpb, 'best_val_loss': best * 0.7,
               'best_val_bits_per_byte': best, 'best_step': 5, 'seq_len': 32, 'batch_size': 8,
-              'seed': seed, 'wall_s': 1.0}
+              'seed': seed, 'wall_s': 1.0, 'tasks': tasks or {}}
     (rd / 'result.json').write_text(json.dumps(result))
   return flops
+
+
+def task_result(item_correct: str, chance: float = 0.25) -> dict:
+  """A task's final metrics (harness.aggregate's keys) for the given per-item outcomes."""
+  n = len(item_correct)
+  acc = item_correct.count('1') / n
+  return {'acc': acc, 'acc_stderr': (acc * (1 - acc) / n) ** 0.5, 'acc_norm': acc,
+          'delta_nll': 1.0, 'items': n, 'chance': chance, 'item_correct': item_correct}

@@ -1,5 +1,5 @@
-"""`make demo` is the crossover-tiny grid run by the grid runner, its report, and a table
-read back from summary.json."""
+"""`make demo` is the demo-tiny grid run by the grid runner, its report, and the verdicts of the
+report's crossover claims read back from summary.json."""
 
 import pytest
 
@@ -7,56 +7,58 @@ import fakes
 from dlmjax import demo
 from experiments import registry
 
-# Final / best bits/byte per (objective, unique tokens) of the synthetic crossover-tiny results:
-# at 64 epochs the MDM wins on final values and AR on early-stopped ones; at 1 epoch AR wins.
-RESULTS = {('ar', 31_250): (4.5, 3.4), ('mdm', 31_250): (3.7, 3.7),
-           ('ar', 250_000): (2.9, 2.9), ('mdm', 250_000): (3.7, 3.7),
-           ('ar', 2_000_000): (3.0, 3.0), ('mdm', 2_000_000): (3.75, 3.75)}
+# Final bits/byte and items right (of 400) per (objective, unique tokens, epochs) of synthetic
+# demo-tiny results: at 16K AR's best length is 32 epochs (3.7); the MDM's ELBO is 0.2 below it
+# and it gets 80 more items right; at one epoch of 1M AR is better on both.
+RESULTS = {('ar', 16_000, 16): (3.9, 150), ('ar', 16_000, 32): (3.7, 200),
+           ('ar', 16_000, 48): (3.9, 230), ('ar', 16_000, 64): (4.8, 220),
+           ('mdm', 16_000, 250): (3.5, 280),
+           ('ar', 1_000_000, 1): (3.5, 240), ('mdm', 1_000_000, 1): (4.0, 120)}
 
 
-def test_demo_reports_the_crossover_tiny_grid_and_prints_who_wins(tmp_path, capsys):
-  grid = registry.get(demo.GRID)
-  assert demo.GRID == 'crossover-tiny'
-  for run in grid.runs:  # complete runs: the grid runner skips them, nothing is trained
-    final, best = RESULTS[run.objective, run.unique_tokens]
-    fakes.write_run_dir(tmp_path / 'runs' / run.name, run.objective, run.unique_tokens,
-                        run.tokens, final, best=best)
+def write_grid(out, results=RESULTS):
+  for run in registry.get(demo.GRID).runs:  # complete runs: the runner skips them
+    bpb, right = results[run.objective, run.unique_tokens, run.epochs]
+    tasks = {'code_cloze': fakes.task_result('1' * right + '0' * (400 - right))}
+    fakes.write_run_dir(out / 'runs' / run.name, run.objective, run.unique_tokens, run.tokens,
+                        bpb, tasks=tasks)
+
+
+def test_demo_reports_the_demo_grid_and_prints_the_verdicts(tmp_path, capsys):
+  assert demo.GRID == 'demo-tiny'
+  write_grid(tmp_path)
   assert demo.main(['--out', str(tmp_path)]) == 0
   out = capsys.readouterr().out
-  assert '0 trained, 6 already complete' in out
-  # The smallest budget (most epochs) comes first.
-  rows = [line.replace('│', ' ') for line in out.splitlines() if 'by 0.' in line]
-  assert len(rows) == 3
-  assert rows[0].split()[:2] == ['31.25K', '64']
-  assert 'MDM by 0.80' in rows[0] and 'AR by 0.30' in rows[0]
-  assert rows[2].split()[:2] == ['2M', '1'] and 'AR by 0.75' in rows[2]
-  # The synthetic curves keep the 64-epoch MDM ahead at every eval, the others behind.
-  assert 'from the first eval' in rows[0] and rows[2].rstrip().endswith('never')
-  for name in ('report.md', 'summary.json', 'training_crossover.png'):
+  assert '0 trained, 7 already complete' in out
+  lines = [' '.join(line.replace('│', ' ').split()) for line in out.splitlines()]
+  # One row per (budget, objective, length); the compared lengths are marked.
+  assert '16K AR 32 3.700 0.500 +- 0.025 yes' in lines
+  assert '16K AR 48 3.900 0.575 +- 0.025' in lines
+  assert '16K MDM 250 3.500 0.700 +- 0.023 yes' in lines
+  text = ' '.join(lines)
+  # Validation SE: the two runs' evaluation SEs (0.01 nats = 0.0143 bits/byte each) combined.
+  assert ('U = 16K, validation: MDM final ELBO 3.500 (250 ep) vs AR best exact NLL 3.700 '
+          '(32 ep), bits/byte: MDM better by 0.200 +- 0.020') in text
+  # Accuracy SE: 80 of 400 items differ, all one way: sqrt(0.2 * 0.8 / 400) = 0.020.
+  assert ('U = 16K, downstream accuracy: macro accuracy MDM 0.700 (250 ep) vs AR 0.500 (32 ep): '
+          'MDM better by 0.200 +- 0.020') in text
+  assert 'U = 1M, downstream accuracy: macro accuracy MDM 0.300 (1 ep) vs AR 0.600 (1 ep): AR better by 0.300' in text
+  assert 'crossover on validation: SHOWN' in text
+  assert 'crossover on downstream accuracy: SHOWN' in text
+  for name in ('report.md', 'summary.json'):
     assert str(tmp_path / name) in out
     assert (tmp_path / name).is_file()
 
 
-def test_demo_table_shows_extra_per_run_metrics_without_a_winner():
-  runs = [{'objective': o, 'unique_tokens': 1000, 'epochs': 4.0, 'val_bits_per_byte': v,
-           'best_val_bits_per_byte': v, 'seed': 0, 'cloze_accuracy': a}
-          for o, v, a in (('ar', 2.0, 0.25), ('mdm', 1.5, 0.5))]
-  header, rows = demo.table_rows({'runs': runs})
-  assert header[-2:] == ['AR cloze_accuracy', 'MDM cloze_accuracy']
-  assert rows == [['1K', '4', '2.000', '1.500', 'MDM by 0.50', '2.000', '1.500', 'MDM by 0.50',
-                   '-', '0.250', '0.500']]
-
-
-def test_demo_task_table_gives_accuracy_with_its_standard_error_and_distance_from_chance():
-  def run(obj, u, acc, se, seed=0):
-    return {'objective': obj, 'unique_tokens': u, 'epochs': 2e6 / u, 'seed': seed,
-            'tasks': {'code_cloze': {'acc': acc, 'acc_stderr': se, 'chance': 0.25}}}
-  # Two MDM seeds at 31.25K average to 0.30 with the standard error shrunk by sqrt(2).
-  summary = {'runs': [run('ar', 31_250, 0.33, 0.02), run('mdm', 31_250, 0.28, 0.02),
-                      run('mdm', 31_250, 0.32, 0.02, seed=1), run('ar', 2_000_000, 0.25, 0.02)]}
-  assert demo.task_rows(summary, 'code_cloze') == [
-      ['31.25K', '64', '0.330 +- 0.020', '+4.0', '0.300 +- 0.014', '+3.5'],
-      ['2M', '1', '0.250 +- 0.020', '+0.0', '-', '-']]
+def test_demo_says_not_shown_when_the_mdm_is_not_ahead(tmp_path, capsys):
+  # The same grid with the MDM at 16K as accurate as AR's chosen length: no crossover on
+  # accuracy, and the verdict says so.
+  write_grid(tmp_path, {**RESULTS, ('mdm', 16_000, 250): (3.5, 200)})
+  assert demo.main(['--out', str(tmp_path)]) == 0
+  text = ' '.join(capsys.readouterr().out.split())
+  assert 'crossover on downstream accuracy: NOT SHOWN' in text
+  assert 'no difference beyond 2 SE (+0.000' in text
+  assert 'crossover on validation: SHOWN' in text
 
 
 @pytest.mark.parametrize('argv', [['--only', 'ar-*'], ['--dry-run']])
@@ -64,10 +66,10 @@ def test_demo_refuses_partial_grids_with_a_one_line_error(argv, capsys):
   with pytest.raises(SystemExit) as e:
     demo.main(argv)
   assert e.value.code == 2
-  assert 'python -m experiments.grid run crossover-tiny' in capsys.readouterr().err
+  assert 'python -m experiments.grid run demo-tiny' in capsys.readouterr().err
 
 
 def test_demo_with_overrides_writes_to_its_own_directory():
-  assert demo.demo_out(None, []) == 'runs/grids/crossover-tiny'
-  assert demo.demo_out(None, ['seed=1']) == 'runs/grids/crossover-tiny-seed=1'
+  assert demo.demo_out(None, []) == 'runs/grids/demo-tiny'
+  assert demo.demo_out(None, ['seed=1']) == 'runs/grids/demo-tiny-seed=1'
   assert demo.demo_out('x', ['seed=1']) == 'x'

@@ -28,6 +28,7 @@ class FakeSpec:
   overrides: tuple = ()
   tokens: int = T
   flops: float = 0.0
+  tag: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,24 +125,66 @@ def test_crossover_averages_over_seeds(tmp_path):
   assert [p['d'] for p in c['points']] == pytest.approx([0.1, -0.2])
 
 
-@pytest.mark.parametrize('r_star', [15.0, 500.0])  # the published AR and MDM values
-def test_scaling_fit_recovers_the_law_that_made_the_data(r_star):
-  e, b, beta = 0.9, 300.0, 0.35
-  us, eps = np.meshgrid([1e5, 1e6, 1e7], [1, 2, 4, 8, 16, 32, 64, 128])
-  us, eps = us.ravel(), eps.ravel().astype(float)
-  loss = report.law(us, eps, e, b, beta, r_star)
-  fit = report.fit_scaling_law(us, eps, loss)
-  assert fit['R_star'] == pytest.approx(r_star, rel=0.1)
-  assert fit['E'] == pytest.approx(e, rel=0.05)
-  assert fit['B'] == pytest.approx(b, rel=0.1)
-  assert fit['beta'] == pytest.approx(beta, rel=0.05)
-  assert fit['rmse'] < 1e-4
+E, B, BETA = 0.9, 300.0, 0.35
 
 
-def test_scaling_fit_with_fewer_than_four_points_says_so():
+def law_points(r_star, single=(1e5, 3e5, 1e6, 3e6, 1e7), totals=(1e7, 1e8),
+               repeated_u=(1e5, 3e5, 1e6, 3e6), **best):
+  """Points of the law: one epoch at each of `single`, and each U of `repeated_u` run to each
+  total of `totals` (epochs = total / U); `best` defaults to the final loss (no overfitting)."""
+  pts = [{'unique_tokens': u, 'epochs': 1.0, 'loss': float(report.law(u, 1.0, E, B, BETA, r_star))}
+         for u in single]
+  for t in totals:
+    for u in repeated_u:
+      ep = t / u
+      if ep > 1:
+        pts.append({'unique_tokens': u, 'epochs': ep,
+                    'loss': float(report.law(u, ep, E, B, BETA, r_star))})
+  for p in pts:
+    p['best'] = p['loss']
+  return pts
+
+
+@pytest.mark.parametrize('r_star', [5.0, 15.0, 60.0])
+def test_scaling_fit_recovers_the_r_star_that_made_the_data(r_star):
+  fit = report.fit_scaling_law(law_points(r_star), resamples=20)
+  assert fit['status'] == 'identified', fit['reason']
+  assert fit['R_star'] == pytest.approx(r_star, rel=0.05)
+  assert fit['E'] == pytest.approx(E, rel=0.05)
+  assert fit['beta'] == pytest.approx(BETA, rel=0.05)
+  assert fit['B'] == pytest.approx(B, rel=0.1)
+  lo, hi = fit['R_star_ci95']
+  assert lo <= r_star * 1.05 and hi >= r_star / 1.05
+
+
+def test_scaling_fit_with_repeated_runs_on_one_total_is_not_identified():
+  fit = report.fit_scaling_law(law_points(15.0, totals=(1e8,)), resamples=5)
+  assert fit['status'] == 'not identified'
+  assert 'R_star' not in fit and '1 total' not in fit['reason'] and 'has 1' in fit['reason']
+
+
+def test_scaling_fit_needs_three_single_epoch_budgets():
   # Two seeds at one point are one distinct point, not two.
-  fit = report.fit_scaling_law([1e5, 1e5, 1e6, 1e7], [4, 4, 2, 1], [1.0, 1.1, 0.9, 0.8])
-  assert fit['status'] == 'too few points'
+  pts = law_points(15.0, single=(1e5, 1e6))
+  pts.append(dict(pts[0], loss=pts[0]['loss'] + 0.01))
+  fit = report.fit_scaling_law(pts)
+  assert fit['status'] == 'not enough points' and 'has 2' in fit['reason']
+
+
+def test_scaling_fit_drops_runs_past_their_minimum():
+  pts = law_points(15.0)
+  # A run that overfits: its final loss is 10% above its best. Kept, it would drag R* down.
+  bad = {'unique_tokens': 1e5, 'epochs': 500.0, 'loss': 3.0, 'best': 2.0}
+  fit = report.fit_scaling_law(pts + [bad], resamples=20)
+  assert fit['excluded_overfit'] == 1
+  assert fit['R_star'] == pytest.approx(15.0, rel=0.05)
+
+
+def test_scaling_fit_with_r_star_beyond_the_data_is_not_identified():
+  # With at most 9 repetitions, R* of 1e4 and of 1e5 predict the same losses: on its bound.
+  fit = report.fit_scaling_law(law_points(1e5, totals=(3e5, 1e6), repeated_u=(1e5, 3e5)),
+                               resamples=20)
+  assert fit['status'] == 'not identified'
 
 
 def test_incomplete_runs_are_listed_and_skipped(tmp_path):
@@ -177,7 +220,8 @@ def test_summary_keys_and_plots_exist(tmp_path):
       assert set(summary['crossover'][model][metric]) >= {'unique_tokens', 'epochs', 'status'}
     for obj in ('ar', 'mdm'):
       fit = summary['scaling_fit'][model][obj]
-      assert set(fit) >= {'E', 'B', 'beta', 'R_star', 'rmse'}
+      # One epoch at one budget only: no base law, so no figure at all.
+      assert fit['status'] == 'not enough points' and 'R_star' not in fit
   on_disk = json.loads((tmp_path / 'summary.json').read_text())
   assert on_disk == json.loads(json.dumps(summary))
   md = (tmp_path / 'report.md').read_text()

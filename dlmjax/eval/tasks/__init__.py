@@ -98,12 +98,18 @@ class TaskSuite:
       items = load_task(spec, val_fraction=cfg.data.val_fraction)[:e.task_items or None]
       self.encoded[task_name(spec)] = encode_task(tokenizer, items, self.scorer.max_len)
     self.progress = progress
-    self.describe = {'estimator': 'exact' if causal else e.task_estimator,
-                     'samples': self.scorer.num_samples}
+    # How each task is scored: one-token continuations take one exact pass whatever the
+    # estimator (ContinuationScorer.one_token_exact), so they are not labelled with its K.
+    self.describe = {}
+    for name, enc in self.encoded.items():
+      one_token = self.scorer.one_token_exact and all(len(x) == 1 for _, x in enc.pairs)
+      self.describe[name] = (
+          {'estimator': 'exact', 'samples': 1} if causal or one_token
+          else {'estimator': e.task_estimator, 'samples': self.scorer.num_samples})
 
   def __call__(self, params: Any) -> dict[str, dict]:
     """{task: metrics} (harness.aggregate's keys, item_correct among them, plus the estimator
     and its samples)."""
     score = lambda pairs: self.scorer(params, pairs, progress=self.progress)
-    return {name: {**evaluate_encoded(score, enc), **self.describe}
+    return {name: {**evaluate_encoded(score, enc), **self.describe[name]}
             for name, enc in self.encoded.items()}
