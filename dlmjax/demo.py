@@ -18,9 +18,7 @@ a `seed=1` demo never collides with the default one.
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import re
 import sys
 

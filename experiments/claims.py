@@ -1,8 +1,9 @@
 """The papers' claims, each with its verdict on one grid and the figures it rests on.
 
-`claims(rows, trends, fits)` takes the report's rows (experiments/report.py `collect_runs`),
-its training-time crossover trends and its scaling-law fits, and returns one entry per claim and
-model size:
+`claims(rows, trends, fits, checks, model_order)` takes the report's rows
+(experiments/report.py `collect_runs`), its training-time crossover trends, its scaling-law
+fits, its within-run rising-loss checks and its model-size order, and returns one entry per
+claim and model size:
 
     {"claim", "model", "verdict": "shown" | "not shown" | "not tested", "figures": str,
      "values": {...}}
@@ -215,7 +216,7 @@ def _rising_claim(rows, model, checks) -> dict:
           by_len[r['epochs']].append(r)
       lengths = sorted(by_len)
       for short, long in zip(lengths, lengths[1:]):
-        pairs = [(s, l) for s, l in _paired(by_len[short], by_len[long])]
+        pairs = _paired(by_len[short], by_len[long])
         g = accuracy_gap(pairs, resamples=500)  # long minus short
         if g is None:
           continue
