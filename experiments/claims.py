@@ -208,23 +208,22 @@ def _rising_claim(rows, model, checks) -> dict:
   macro accuracy (beyond Z paired SEs); within runs: report.rising_loss_check entries."""
   claim = 'rising_loss_rising_accuracy'
   found, tested = [], 0
-  for obj in ('ar', 'mdm'):
-    for u in sorted({r['unique_tokens'] for r in _plain(rows, model) if r['objective'] == obj}):
-      by_len = collections.defaultdict(list)
-      for r in _plain(rows, model):
-        if (r['objective'], r['unique_tokens']) == (obj, u) and r['tasks']:
-          by_len[r['epochs']].append(r)
-      lengths = sorted(by_len)
-      for short, long in zip(lengths, lengths[1:]):
-        pairs = _paired(by_len[short], by_len[long])
-        g = accuracy_gap(pairs, resamples=500)  # long minus short
-        if g is None:
-          continue
-        tested += 1
-        rose = np.mean([l['val_bits_per_byte'] - s['val_bits_per_byte'] for s, l in pairs])
-        if rose > 0 and _beyond(g, +1):
-          found.append(f'{obj.upper()} at U = {u:g}: {short:g} -> {long:g} epochs, validation '
-                       f'{rose:+.3f} bits/byte, macro accuracy {g["diff"]:+.3f} +- {g["se"]:.3f}')
+  by_len = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in _plain(rows, model):
+    if r['tasks']:
+      by_len[r['objective'], r['unique_tokens']][r['epochs']].append(r)
+  for (obj, u), runs in sorted(by_len.items()):
+    lengths = sorted(runs)
+    for short, long in zip(lengths, lengths[1:]):
+      pairs = _paired(runs[short], runs[long])
+      g = accuracy_gap(pairs, resamples=500)  # long minus short
+      if g is None:
+        continue
+      tested += 1
+      rose = np.mean([l['val_bits_per_byte'] - s['val_bits_per_byte'] for s, l in pairs])
+      if rose > 0 and _beyond(g, +1):
+        found.append(f'{obj.upper()} at U = {u:g}: {short:g} -> {long:g} epochs, validation '
+                     f'{rose:+.3f} bits/byte, macro accuracy {g["diff"]:+.3f} +- {g["se"]:.3f}')
   within = [c for c in checks if c['model'] == model]
   tested += len(within)
   for c in within:

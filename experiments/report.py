@@ -75,7 +75,6 @@ def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
         'variant': variant(spec),
         'overrides': tuple(getattr(spec, 'overrides', ())),
         'val_loss_stderr': res.get('val_loss_stderr'),
-        'best_rescored': res.get('best_rescored'),
         'budget_tokens': spec.tokens,
         'curve': curve,
         'tasks': res.get('tasks') or {},  # final multiple-choice metrics (eval.tasks)
