@@ -157,6 +157,8 @@ class EvalConfig:
   task_items: int = 0  # items per task, the first N of its fixed order; 0: all
   task_estimator: str = 'llada'  # diffusion estimator of log p(continuation | context)
   task_samples: int = 4  # its Monte Carlo samples per (context, continuation) pair
+  # Generation tasks (doctest_completion): tokens generated per problem, at most half the window.
+  gen_tokens: int = 128
 
 
 @dataclasses.dataclass
@@ -530,6 +532,7 @@ def _check_tasks(e: EvalConfig) -> None:
   _check(e.task_items >= 0, 'eval.task_items', 'must be >= 0 (0: every item)')
   _one_of(e.task_estimator, 'eval.task_estimator', ESTIMATORS)
   _check(e.task_samples >= 1, 'eval.task_samples', 'must be at least 1')
+  _check(e.gen_tokens >= 1, 'eval.gen_tokens', 'must be at least 1')
 
 
 # Keys that may change between a run and its resumption without changing what is trained.

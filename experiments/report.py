@@ -544,6 +544,11 @@ def _fmt_flops(v) -> str:
   return f'{v:.0e}'.replace('e+', 'e')
 
 
+def _fmt_opt(v) -> str:
+  """A figure a task may not have (a generation task has no delta NLL): '-' if None."""
+  return '-' if v is None else f'{v:.3f}'
+
+
 def _fmt_tokens(n) -> str:
   n = float(n)
   for scale, suffix in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
@@ -1019,7 +1024,7 @@ def rising_loss_check(run: dict, task: str) -> dict | None:
           'epochs': run['epochs'], 'best_step': best['step'], 'last_step': last['step'],
           'bpb_best': best['bpb'], 'bpb_last': last['bpb'], 'acc_best': best['acc'],
           'acc_last': last['acc'], 'acc_change_se': d_acc / se if se else None,
-          'delta_nll_best': best['delta_nll'], 'delta_nll_last': last['delta_nll'],
+          'delta_nll_best': best.get('delta_nll'), 'delta_nll_last': last.get('delta_nll'),
           'loss_rose': last['bpb'] > best['bpb'], 'acc_improved': d_acc > 0}
 
 
@@ -1146,7 +1151,7 @@ def _accuracy_markdown(rows) -> list[str]:
       z = (m['acc'] - m['chance']) / m['acc_stderr'] if m.get('acc_stderr') else float('nan')
       lines.append(f'| `{r["name"]}` | {r["objective"]} | {_fmt_tokens(r["unique_tokens"])} '
                    f'| {r["epochs"]:.4g} | {m["acc"]:.3f} +- {m.get("acc_stderr", 0):.3f} '
-                   f'({z:+.1f} SE vs chance) | {m["acc_norm"]:.3f} | {m["delta_nll"]:.3f} '
+                   f'({z:+.1f} SE vs chance) | {m["acc_norm"]:.3f} | {_fmt_opt(m.get("delta_nll"))} '
                    f'| {m["items"]} | {m.get("estimator", "-")} (K={m.get("samples", "-")}) |')
     lines += ['', 'Crossover on accuracy (d(U) = acc_MDM - acc_AR, seed-averaged, linear in '
               'log U; compare with the bits/byte crossover above):', '']
@@ -1161,7 +1166,7 @@ def _accuracy_markdown(rows) -> list[str]:
         z = f'{c["acc_change_se"]:+.1f}' if c['acc_change_se'] is not None else '-'
         lines.append(f'| `{c["run"]}` | {c["bpb_best"]:.3f} -> {c["bpb_last"]:.3f} '
                      f'| {c["acc_best"]:.3f} -> {c["acc_last"]:.3f} ({z}) '
-                     f'| {c["delta_nll_best"]:.3f} -> {c["delta_nll_last"]:.3f} |')
+                     f'| {_fmt_opt(c["delta_nll_best"])} -> {_fmt_opt(c["delta_nll_last"])} |')
       both = [c['run'] for c in checks if c['loss_rose'] and c['acc_improved']]
       rose = [c['run'] for c in checks if c['loss_rose']]
       lines += ['', f'- Validation loss rose after its best point in {len(rose)}/{len(checks)} '

@@ -8,8 +8,9 @@ instead (dlmjax/eval/tasks), e.g.
     python -m dlmjax.eval RUN tasks=hellaswag:data/hellaswag_val.jsonl,arc_easy:ARC-Easy-Test.jsonl \\
         eval.task_estimator=llada eval.task_samples=32
 
-Task specs: `code_cloze` (embedded, held-out standard-library files) or NAME:PATH with the
-benchmark's official file: hellaswag, mmlu, arc_easy, arc_challenge, piqa, winogrande.
+Task specs: the embedded tasks on held-out standard-library files (`stdlib_suite`, or one of
+them by name, e.g. `code_cloze`; `doctest_completion` generates function bodies and runs their
+doctests, `eval.gen_tokens` tokens each) or NAME:PATH with the benchmark's official file: hellaswag, mmlu, arc_easy, arc_challenge, piqa, winogrande.
 Either way one record is appended to RUN_DIR/eval.jsonl with `"source": "dlmjax.eval"`.
 `eval.mdm_samples`, `eval.val_tokens`, `eval.batch_size`, `eval.seed` and the `eval.task_*`
 keys (estimator, samples, items) may be overridden, e.g. to tighten a diffusion model's
@@ -87,7 +88,7 @@ def _print(run_dir: str, rec: dict) -> None:
   for name, m in rec['tasks'].items():
     print(f'  {name:14s} {m["items"]:6d} {m["acc"]:7.4f}+-{m["acc_stderr"]:.4f} '
           f'{m["acc_norm"]:7.4f}+-{m["acc_norm_stderr"]:.4f} {m["chance"]:7.4f} '
-          f'{m["delta_nll"]:10.4f}  {m["estimator"]} (K={m["samples"]})')
+          f'{m.get("delta_nll", float("nan")):10.4f}  {m["estimator"]} (K={m["samples"]})')
 
 
 def main(argv: list[str] | None = None) -> None:
