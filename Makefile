@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 test: venv
 	$(PY) -m pytest -q -m "not slow and not gpu and not tpu"
 
-# Tests marked slow (minutes each); none are yet, so pytest's "no tests" (exit 5) is fine here.
+# Tests marked slow (longer than a few seconds each: the extended mesh cases, the 8-device
+# train command, ...), outside `make test`; pytest's "no tests" (exit 5) is fine here.
 test-slow: venv
 	$(PY) -m pytest -q -m "slow" || test $$? -eq 5
 

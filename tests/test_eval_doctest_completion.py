@@ -69,7 +69,8 @@ def test_an_oracle_scores_100_and_a_model_that_returns_nothing_scores_0(problems
   # would: the cut must stop it at the function's end.
   oracle = {prompt(p): p.body + p.suffix[:200] for p in problems}
   got = dc.evaluate(_byte_generate(oracle, tok), tok, problems, window=WINDOW, new_tokens=1)
-  assert got['acc'] == 1.0 and got['items'] == len(problems) and got['compiled'] == 1.0
+  assert got['acc'] == 1.0 and got['items'] == len(problems)
+  assert got['compiled'] == 1.0 and got['empty'] == 0.0
   assert got['item_correct'] == '1' * len(problems) and got['chance'] == 0.0
   nothing = {prompt(p): ' ' * (p.indent + 4) + 'return None\n' for p in problems}
   got = dc.evaluate(_byte_generate(nothing, tok), tok, problems, window=WINDOW, new_tokens=1)

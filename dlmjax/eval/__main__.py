@@ -83,12 +83,17 @@ def _print(run_dir: str, rec: dict) -> None:
           f'{rec["val_samples"]} sample(s))')
     return
   print(f'{run_dir} step {rec["step"]}:')
-  print(f'  {"task":14s} {"items":>6s} {"acc":>14s} {"acc_norm":>14s} {"chance":>7s} '
+  print(f'  {"task":18s} {"items":>6s} {"acc":>14s} {"acc_norm":>14s} {"chance":>7s} '
         f'{"delta NLL":>10s}  estimator')
   for name, m in rec['tasks'].items():
-    print(f'  {name:14s} {m["items"]:6d} {m["acc"]:7.4f}+-{m["acc_stderr"]:.4f} '
+    print(f'  {name:18s} {m["items"]:6d} {m["acc"]:7.4f}+-{m["acc_stderr"]:.4f} '
           f'{m["acc_norm"]:7.4f}+-{m["acc_norm_stderr"]:.4f} {m["chance"]:7.4f} '
-          f'{m.get("delta_nll", float("nan")):10.4f}  {m["estimator"]} (K={m["samples"]})')
+          f'{_delta(m):>10s}  {m["estimator"]} (K={m["samples"]})')
+
+
+def _delta(m: dict) -> str:
+  """delta NLL, or '-' for a generation task, which has none."""
+  return f'{m["delta_nll"]:.4f}' if 'delta_nll' in m else '-'
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -205,14 +205,17 @@ def prompt_ids(tokenizer, problem: Problem, budget: int) -> list[int]:
 def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
              items: Sequence[Problem], *, window: int, new_tokens: int) -> dict:
   """pass@1 of `generate` (prompt ids -> generated ids, one per prompt) on `items`: acc (the
-  pass rate) and acc_stderr, items, chance 0, item_correct, compiled (the fraction of
-  bodies the spliced file compiles with), errors (a count per exception type)."""
+  pass rate) and acc_stderr, items, chance 0, item_correct, empty (the fraction of
+  generations with no body before the function ends; the stub is checked in its place),
+  compiled (the fraction with a body the spliced file compiles with), errors (a count per
+  exception type that stopped a check)."""
   prompts = [prompt_ids(tokenizer, p, window - new_tokens) for p in items]
   texts = [tokenizer.decode(ids) for ids in generate(prompts)] if items else []
   bodies = [function_body(t, p.indent) for t, p in zip(texts, items)]
   results = check_all(items, bodies) if items else []
   passed = np.array([r['passed'] for r in results], np.float64)
-  compiled = [_compiles(spliced(p, b)) for p, b in zip(items, bodies)]
+  empty = [not b.strip() for b in bodies]
+  compiled = [not e and _compiles(spliced(p, b)) for p, b, e in zip(items, bodies, empty)]
   errors: dict[str, int] = {}
   for r in results:
     if r['error']:
@@ -222,7 +225,8 @@ def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
   stderr = float(passed.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
   return {'acc': acc, 'acc_stderr': stderr, 'acc_norm': acc, 'acc_norm_stderr': stderr,
           'items': n, 'chance': 0.0, 'item_correct': ''.join('1' if x else '0' for x in passed),
-          'compiled': float(np.mean(compiled)) if n else 0.0, 'errors': errors,
+          'compiled': float(np.mean(compiled)) if n else 0.0,
+          'empty': float(np.mean(empty)) if n else 0.0, 'errors': errors,
           'new_tokens': new_tokens}
 
 
