@@ -16,6 +16,7 @@ from flax import nnx
 from dlmjax.config import Config, ModelConfig
 from dlmjax.data.store import is_val_name
 from dlmjax.data.tokenizer import ByteTokenizer
+from dlmjax.errors import UserError
 from dlmjax.eval import tasks
 from dlmjax.eval.tasks import doctest_completion as dc
 from dlmjax.model.transformer import Transformer
@@ -123,3 +124,11 @@ def test_both_samplers_run_the_task_through_the_suite(causal):
   got = suite(state)[dc.NAME]
   assert got['items'] == 2 and got['acc'] == 0.0 and got['new_tokens'] == 32
   assert got['estimator'] == 'greedy'
+
+
+def test_the_task_is_a_valid_spec_without_a_path_and_has_no_multiple_choice_items():
+  tasks.check_spec(dc.NAME)
+  with pytest.raises(UserError, match='embedded'):
+    tasks.check_spec(dc.NAME + ':x.jsonl')
+  with pytest.raises(UserError, match='TaskSuite'):
+    tasks.load_task(dc.NAME, val_fraction=VAL_FRACTION)

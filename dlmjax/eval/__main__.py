@@ -10,7 +10,8 @@ instead (dlmjax/eval/tasks), e.g.
 
 Task specs: the embedded tasks on held-out standard-library files (`stdlib_suite`, or one of
 them by name, e.g. `code_cloze`; `doctest_completion` generates function bodies and runs their
-doctests, `eval.gen_tokens` tokens each) or NAME:PATH with the benchmark's official file: hellaswag, mmlu, arc_easy, arc_challenge, piqa, winogrande.
+doctests, `eval.gen_tokens` tokens each) or NAME:PATH with the benchmark's official file:
+hellaswag, mmlu, arc_easy, arc_challenge, piqa, winogrande.
 Either way one record is appended to RUN_DIR/eval.jsonl with `"source": "dlmjax.eval"`.
 `eval.mdm_samples`, `eval.val_tokens`, `eval.batch_size`, `eval.seed` and the `eval.task_*`
 keys (estimator, samples, items) may be overridden, e.g. to tighten a diffusion model's

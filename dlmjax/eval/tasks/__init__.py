@@ -76,6 +76,9 @@ def load_task(spec: str, *, val_fraction: float) -> list[MCItem]:
   """The items of the task `spec`; `val_fraction` selects code_cloze's held-out files."""
   check_spec(spec)
   name, _, path = spec.partition(':')
+  if name in GENERATION:
+    raise UserError(f'task {name} generates and has no multiple-choice items: score it with '
+                    f'TaskSuite (eval.tasks={name})')
   if name == 'code_cloze':
     return code_cloze.code_cloze(val_fraction)
   if name in next_char.TASKS:
