@@ -51,7 +51,9 @@ def _count(n: float) -> str:
 
 
 def _macro(tasks: dict) -> tuple[float, float] | None:
-  """A run's macro accuracy over its tasks and that figure's standard error over items."""
+  """A run's macro accuracy over its multiple-choice tasks (a generation task, kind
+  'generation', is left out) and that figure's standard error over items."""
+  tasks = {t: m for t, m in tasks.items() if m.get('kind') != 'generation'}
   if not tasks:
     return None
   accs = [m['acc'] for m in tasks.values()]

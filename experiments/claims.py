@@ -109,7 +109,10 @@ def accuracy_gap(pairs, *, resamples: int = 1000) -> dict | None:
   with the paired bootstrap over items and seeds (experiments/stats.py)."""
   if not pairs:
     return None
-  tasks = set.intersection(*({t for t, m in r['tasks'].items() if m.get('item_correct')}
+  # Multiple-choice tasks only: a generation task (kind 'generation') has no chance level
+  # in common with them and is not part of the macro average.
+  tasks = set.intersection(*({t for t, m in r['tasks'].items()
+                              if m.get('item_correct') and m.get('kind') != 'generation'}
                              for pair in pairs for r in pair))
   if not tasks:
     return None

@@ -132,3 +132,14 @@ def test_the_task_is_a_valid_spec_without_a_path_and_has_no_multiple_choice_item
     tasks.check_spec(dc.NAME + ':x.jsonl')
   with pytest.raises(UserError, match='TaskSuite'):
     tasks.load_task(dc.NAME, val_fraction=VAL_FRACTION)
+
+
+def test_macro_accuracies_leave_the_generation_task_out():
+  from dlmjax import demo
+  from experiments import claims
+  mc = {'acc': 0.5, 'acc_stderr': 0.1, 'item_correct': '1010'}
+  gen = {'kind': dc.KIND, 'acc': 0.0, 'acc_stderr': 0.0, 'item_correct': '0000'}
+  assert demo._macro({'a': mc, dc.NAME: gen}) == demo._macro({'a': mc})
+  ar = {'epochs': 32, 'seed': 0, 'tasks': {'a': mc, dc.NAME: gen}}
+  mdm = {'epochs': 250, 'seed': 0, 'tasks': {'a': dict(mc, item_correct='1111'), dc.NAME: gen}}
+  assert claims.accuracy_gap([(ar, mdm)], resamples=10)['tasks'] == ['a']

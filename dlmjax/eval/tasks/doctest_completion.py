@@ -47,6 +47,7 @@ import numpy as np
 from dlmjax.eval.tasks.code_cloze import held_out_files
 
 NAME = 'doctest_completion'
+KIND = 'generation'  # metrics['kind']: macro averages over multiple-choice tasks leave it out
 TIMEOUT_S = 20.0  # wall clock per check; the CPU limit is the same
 MEMORY_BYTES = 2 << 30  # address space per check
 BLOCK = 32  # the MDM's semi-autoregressive block (LLaDA's default), when it divides G
@@ -204,7 +205,8 @@ def prompt_ids(tokenizer, problem: Problem, budget: int) -> list[int]:
 
 def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
              items: Sequence[Problem], *, window: int, new_tokens: int) -> dict:
-  """pass@1 of `generate` (prompt ids -> generated ids, one per prompt) on `items`: acc (the
+  """pass@1 of `generate` (prompt ids -> generated ids, one per prompt) on `items`: kind
+  ('generation'), acc (the
   pass rate) and acc_stderr, items, chance 0, item_correct, empty (the fraction of
   generations with no body before the function ends; the stub is checked in its place),
   compiled (the fraction with a body the spliced file compiles with), errors (a count per
@@ -223,7 +225,8 @@ def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
   n = len(items)
   acc = float(passed.mean()) if n else 0.0
   stderr = float(passed.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-  return {'acc': acc, 'acc_stderr': stderr, 'acc_norm': acc, 'acc_norm_stderr': stderr,
+  return {'kind': KIND, 'acc': acc, 'acc_stderr': stderr,
+          'acc_norm': acc, 'acc_norm_stderr': stderr,  # pass@1 has nothing to normalise
           'items': n, 'chance': 0.0, 'item_correct': ''.join('1' if x else '0' for x in passed),
           'compiled': float(np.mean(compiled)) if n else 0.0,
           'empty': float(np.mean(empty)) if n else 0.0, 'errors': errors,
