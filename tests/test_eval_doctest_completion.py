@@ -43,7 +43,7 @@ def test_problems_are_held_out_functions_with_doctests_in_a_fixed_order(problems
 
 def test_the_true_body_passes_and_the_stub_and_a_wrong_body_fail(problems):
   p = problems[0]
-  wrong = ' ' * (p.indent + 4) + 'return None\n'
+  wrong = dc.one_line_body(p, 'return None\n')
   true, stub, bad = dc.check_all([p] * 3, [p.body, '', wrong])
   assert true['passed'] and true['attempted'] > 0 and true['failed'] == 0
   assert not stub['passed'] and not bad['passed']

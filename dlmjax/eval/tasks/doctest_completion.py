@@ -34,7 +34,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
-import math
 import os
 import secrets
 import subprocess
@@ -45,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dlmjax.eval.tasks.code_cloze import held_out_files
+from dlmjax.eval.tasks.harness import _stderr as harness_stderr
 
 NAME = 'doctest_completion'
 KIND = 'generation'  # metrics['kind']: macro averages over multiple-choice tasks leave it out
@@ -148,10 +148,15 @@ def function_body(text: str, indent: int) -> str:
   return ''.join(x + '\n' for x in kept)
 
 
+def one_line_body(problem: Problem, line: str) -> str:
+  """`line` (newline-terminated) indented as the problem's body."""
+  return ' ' * (problem.indent + 4) + line
+
+
 def spliced(problem: Problem, body: str) -> str:
   """The problem's file with `body` in place of the true body (an empty body: the stub)."""
   if not body.strip():
-    body = ' ' * (problem.indent + 4) + STUB
+    body = one_line_body(problem, STUB)
   return problem.prompt + body + problem.suffix
 
 
@@ -189,12 +194,13 @@ def problems(val_fraction: float) -> tuple[Problem, ...]:
   """The task's problems: the candidates whose true body passes and every TRIVIAL body
   fails."""
   cands = candidates(val_fraction)
-  runs = [(p, p.body) for p in cands] + [(p, ' ' * (p.indent + 4) + body)
-                                         for body in TRIVIAL for p in cands]
-  passed = [r['passed'] for r in check_all(*zip(*runs))] if cands else []
-  n = len(cands)
-  return tuple(p for i, p in enumerate(cands)
-               if passed[i] and not any(passed[i + n * (k + 1)] for k in range(len(TRIVIAL))))
+  if not cands:
+    return ()
+  bodies = [[p.body for p in cands]] + [[one_line_body(p, b) for p in cands] for b in TRIVIAL]
+  passed_KxN = np.array([r['passed'] for r in check_all(cands * len(bodies), sum(bodies, []))]
+                        ).reshape(len(bodies), len(cands))  # row 0 the true bodies
+  keep_N = passed_KxN[0] & ~passed_KxN[1:].any(axis=0)
+  return tuple(p for p, keep in zip(cands, keep_N) if keep)
 
 
 def prompt_ids(tokenizer, problem: Problem, budget: int) -> list[int]:
@@ -206,8 +212,7 @@ def prompt_ids(tokenizer, problem: Problem, budget: int) -> list[int]:
 def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
              items: Sequence[Problem], *, window: int, new_tokens: int) -> dict:
   """pass@1 of `generate` (prompt ids -> generated ids, one per prompt) on `items`: kind
-  ('generation'), acc (the
-  pass rate) and acc_stderr, items, chance 0, item_correct, empty (the fraction of
+  ('generation'), acc (the pass rate) and acc_stderr, items, chance 0, item_correct, empty (the fraction of
   generations with no body before the function ends; the stub is checked in its place),
   compiled (the fraction with a body the spliced file compiles with), errors (a count per
   exception type that stopped a check)."""
@@ -224,7 +229,7 @@ def evaluate(generate: Callable[[list[list[int]]], list[list[int]]], tokenizer,
       errors[r['error']] = errors.get(r['error'], 0) + 1
   n = len(items)
   acc = float(passed.mean()) if n else 0.0
-  stderr = float(passed.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+  stderr = harness_stderr(passed)
   return {'kind': KIND, 'acc': acc, 'acc_stderr': stderr,
           'acc_norm': acc, 'acc_norm_stderr': stderr,  # pass@1 has nothing to normalise
           'items': n, 'chance': 0.0, 'item_correct': ''.join('1' if x else '0' for x in passed),
