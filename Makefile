@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-eval demo bench bench-gpu gpu-wheels clean
+.PHONY: venv test test-slow test-faults test-eval demo bench bench-gpu gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -13,13 +13,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
+# On both cores (pytest-xdist): most tests keep one busy.
 test: venv
-	$(PY) -m pytest -q -m "not slow and not gpu and not tpu"
+	$(PY) -m pytest -q -n 2 -m "not slow and not gpu and not tpu and not faults"
 
 # Tests marked slow (longer than a few seconds each: the extended mesh cases, the 8-device
 # train command, ...), outside `make test`; pytest's "no tests" (exit 5) is fine here.
 test-slow: venv
 	$(PY) -m pytest -q -m "slow" || test $$? -eq 5
+
+# The fault-injection suite (tests/faults, docs/reliability.md): SIGKILLs, damaged
+# checkpoints, bad data, fuzzed configs, a full disk. One process: its kills are timed.
+test-faults: venv
+	$(PY) -m pytest -q -m faults tests/faults
 
 # The lm-eval adapter's test needs the [eval] extra (lm-eval, CPU torch), installed on demand.
 $(VENV)/.installed-eval: $(STAMP)

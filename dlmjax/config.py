@@ -333,6 +333,8 @@ def parse_override(arg: str) -> tuple[str, Any]:
   if '=' not in arg:
     raise ConfigError(f'expected key=value or a .yaml file, got {arg!r}')
   key, raw = arg.split('=', 1)
+  if not key.strip():
+    raise ConfigError(f'override {arg!r} has no key before its "="')
   try:
     value = yaml.safe_load(raw) if raw else ''
   except yaml.YAMLError:
@@ -552,4 +554,26 @@ def diff_keys(a: Config, b: Config) -> list[str]:
   """Dotted keys whose values differ between two configs, ignoring RESUMABLE_KEYS."""
   fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
   return [k for k in fa if fa[k] != fb[k] and not k.startswith(RESUMABLE_KEYS)]
+
+
+def run_dir_conflict(config_yaml: pathlib.Path, cfg: Config) -> str | None:
+  """Why the run directory whose config.yaml is `config_yaml` cannot hold the run `cfg` (a
+  run of another grid or command, or a config that cannot be read back), or None."""
+  if not config_yaml.is_file():
+    return None
+  try:
+    previous = read_config_file(config_yaml)
+  except UserError as e:
+    return f'{config_yaml} cannot be read back ({e}); use a new run_dir'
+  if not cfg.model.vocab_size:  # resolved from the tokenizer at start-up: like with like
+    previous = dataclasses.replace(previous, model=dataclasses.replace(previous.model,
+                                                                       vocab_size=0))
+  # Where the directory sits is not part of the run: a moved or copied one still matches.
+  changed = [k for k in diff_keys(previous, cfg) if k != 'run_dir']
+  if not changed:
+    return None
+  was = flatten(to_dict(previous))[changed[0]]
+  return (f'run_dir {config_yaml.parent} holds a run with a different config (key '
+          f'{changed[0]!r}: {was!r} there, {flatten(to_dict(cfg))[changed[0]]!r} here); use '
+          f'another run_dir')
 

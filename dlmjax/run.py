@@ -12,7 +12,6 @@ row is context and is not scored, so prepend `bos_id` to score a whole text.
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
 
 import jax
@@ -109,7 +108,7 @@ class Run:
     return total / k
 
   def result(self) -> dict | None:
-    return json.loads(self.dir.result.read_text()) if self.dir.is_complete() else None
+    return self.dir.read_result()
 
   def metrics(self) -> list[dict]:
     return read_jsonl(self.dir.metrics)

@@ -5,7 +5,8 @@
     RUN_DIR/metrics.jsonl    one line per logging step
     RUN_DIR/eval.jsonl       one line per validation eval
     RUN_DIR/checkpoints/     orbax step directories (dlmjax/checkpoint.py)
-    RUN_DIR/result.json      written last; its presence means the run is complete
+    RUN_DIR/checkpoints.bad/ damaged checkpoints set aside on resume, never deleted
+    RUN_DIR/result.json      written last; a readable one means the run is complete
 """
 
 from __future__ import annotations
@@ -28,8 +29,20 @@ class RunDir:
   checkpoints = property(lambda self: self.path / 'checkpoints')
   result = property(lambda self: self.path / 'result.json')
 
+  def read_result(self) -> dict | None:
+    """result.json, or None when it is absent or damaged (not a JSON object: cut by a full
+    disk or a partial copy; ours are written atomically)."""
+    try:
+      res = json.loads(self.result.read_bytes())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
+      return None
+    return res if isinstance(res, dict) else None
+
+  def result_is_damaged(self) -> bool:
+    return self.result.is_file() and self.read_result() is None
+
   def is_complete(self) -> bool:
-    return self.result.is_file()
+    return self.read_result() is not None
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:

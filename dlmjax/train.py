@@ -7,7 +7,9 @@ validation (eval.jsonl) and checkpoints -> result.json, written atomically last.
 Re-running the same command resumes from the latest checkpoint (params, optimizer state,
 step, rng and the data iterator's position), and does nothing if result.json exists.
 SIGTERM or Ctrl-C saves a checkpoint and exits 0. A non-finite loss stops the run (exit 3)
-and keeps the last good checkpoint.
+and keeps the last good checkpoint; so does a full disk (exit 4). A damaged checkpoint is
+set aside and the one before it used (dlmjax/checkpoint.py). docs/reliability.md lists the
+faults and the tests that inject them.
 
 The train step knows nothing about the objective: it calls `objective.loss(model, batch,
 rng, cfg)` through `jax.value_and_grad`, as nanodo does; with `train.microbatches` > 1 it
@@ -26,6 +28,7 @@ memory per device (dlmjax/memory.py) of the configured run on that many devices.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -44,7 +47,7 @@ from jax.experimental import multihost_utils
 
 from dlmjax import config as config_lib
 from dlmjax import flops, memory, objectives, sharding
-from dlmjax.checkpoint import Checkpointer
+from dlmjax.checkpoint import Checkpointer, CorruptCheckpoint
 from dlmjax.config import Config
 from dlmjax.data import budget, pipeline, store as store_lib, tokenizer as tokenizer_lib
 from dlmjax.errors import UserError, exit_on_user_error
@@ -56,6 +59,7 @@ from dlmjax.rundir import (RunDir, append_jsonl, training_evals, truncate_jsonl,
                            write_json_atomic, write_text_atomic)
 
 EXIT_NONFINITE = 3
+EXIT_DISK_FULL = 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,19 +257,11 @@ def resolve_run_dir(cfg: Config) -> RunDir:
   if not cfg.run_dir:
     cfg.run_dir = config_lib.default_run_dir(cfg)
   rd = RunDir(cfg.run_dir)
-  if rd.config.is_file():
-    try:
-      previous = config_lib.read_config_file(rd.config)
-    except UserError as e:
-      raise UserError(f'{rd.config} cannot be read back ({e}); use a new run_dir') from None
-    # vocab_size is resolved from the tokenizer at start-up; compare like with like.
-    if not cfg.model.vocab_size:
-      cfg.model.vocab_size = previous.model.vocab_size
-    changed = config_lib.diff_keys(previous, cfg)
-    if changed:
-      was = config_lib.flatten(config_lib.to_dict(previous))[changed[0]]
-      raise UserError(f'run_dir {rd.path} holds a run with a different config (key '
-                      f'{changed[0]!r}: {was!r} there); use another run_dir')
+  conflict = config_lib.run_dir_conflict(rd.config, cfg)
+  if conflict:
+    raise UserError(conflict)
+  if rd.config.is_file() and not cfg.model.vocab_size:
+    cfg.model.vocab_size = config_lib.read_config_file(rd.config).model.vocab_size
   return rd
 
 
@@ -315,9 +311,14 @@ def run(cfg: Config) -> dict:
   """Trains (or resumes) the run described by `cfg`; returns its result dict."""
   t_start = time.time()
   rd = resolve_run_dir(cfg)
-  if rd.is_complete():
+  if (done := rd.read_result()) is not None:
     _log(f'{rd.path}: complete (result.json exists); nothing to do')
-    return json.loads(rd.result.read_text())
+    return done
+  if rd.result_is_damaged() and jax.process_index() == 0:
+    aside = rd.result.with_name(f'result.json.damaged-{time.strftime("%Y%m%dT%H%M%S")}')
+    os.replace(rd.result, aside)
+    _log(f'warning: {rd.result} is damaged (not a JSON object); moved to {aside}; finishing '
+         f'the run again from its last checkpoint')
 
   tokenizer, store = store_lib.prepare_data(cfg.data)
   if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
@@ -345,7 +346,30 @@ def run(cfg: Config) -> dict:
 
   # No global `jax.set_mesh`: the step's in/out shardings carry the mesh, and the step is
   # traced under `sharding.activation_mesh` (constraints, and the abstract mesh for kernels).
-  return _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start)
+  try:
+    return _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start)
+  except Exception as e:
+    if not _disk_full(e):
+      raise
+    last = Checkpointer(rd.checkpoints, read_only=True).latest_step()
+    print(f'error: no space left on the device writing the run ({rd.path}); the last good '
+          f'checkpoint is {f"step {last}" if last else "none yet"}. Free space and re-run the '
+          f'same command to resume.', file=sys.stderr)
+    sys.exit(EXIT_DISK_FULL)
+
+
+def _disk_full(e: BaseException | None) -> bool:
+  """Whether `e` or an exception it was raised from is a full disk or quota (orbax and
+  tensorstore re-raise the OSError as their own types, with its message)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if 'No space left on device' in str(e) or 'Disk quota exceeded' in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
 
 
 def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_start) -> dict:
@@ -358,10 +382,11 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
 
   ckpt = Checkpointer(rd.checkpoints, keep=cfg.checkpoint.keep)
   iterator = data.iterator()
-  start = ckpt.latest_step() or 0
+  restored = ckpt.restore_latest(trainer.abstract_state)
+  start = restored[0] if restored else 0
   wall_before = 0.0
   if start:
-    state, data_state, meta = ckpt.restore(start, trainer.abstract_state)
+    _, state, data_state, meta = restored
     iterator.set_state(data_state)
     wall_before = float(meta.get('wall_s', 0.0))
     truncate_jsonl(rd.metrics, start)
@@ -455,11 +480,16 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         dt = time.time() - window_t
         rec = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         if not math.isfinite(rec['loss']):
+          # The window's first non-finite step: the one that diverged.
+          bad = step - len(host) + 1 + next((i for i, m in enumerate(host)
+                                             if not math.isfinite(float(m['loss']))),
+                                            len(host) - 1)
           progress.close()
           last_good = ckpt.latest_step()
           ckpt.close()
-          print(f'error: non-finite loss at step {step} ({rd.path}); last good checkpoint: '
-                f'step {last_good}. Lower optimizer.lr or raise optimizer.warmup_frac.',
+          good = f'step {last_good}' if last_good else 'none yet'
+          print(f'error: non-finite loss at step {bad} ({rd.path}); last good checkpoint: '
+                f'{good}. Lower optimizer.lr or raise optimizer.warmup_frac.',
                 file=sys.stderr)
           sys.exit(EXIT_NONFINITE)
         tps = window_tokens / max(dt, 1e-9)
@@ -544,13 +574,17 @@ def rescore(cfg: Config, ckpt: Checkpointer, trainer: Trainer, step: int, nll_fn
 
   A diffusion run's best step is the minimum of noisy estimates, so its own estimate is
   biased low; the same checkpoint scored with an independent seed (eval.seed + 1) is not.
-  None when the checkpoint is gone (e.g. removed by hand).
+  None when the checkpoint is gone (e.g. removed by hand) or fails its manifest.
   """
   ckpt.wait()
   if step not in ckpt.all_steps():
     _log(f'best checkpoint (step {step}) not found: its loss is not rescored')
     return None
-  state, _, _ = ckpt.restore(step, trainer.abstract_state)
+  try:
+    state, _, _ = ckpt.restore(step, trainer.abstract_state)
+  except CorruptCheckpoint as e:
+    _log(f'{e}: the best checkpoint\'s loss is not rescored')
+    return None
   seed = cfg.eval.seed + 1
   res = likelihood.evaluate(nll_fn, state['params'], val_device, causal=False,
                             num_samples=cfg.eval.mdm_samples, seed=seed, num_bytes=val_bytes)

@@ -203,6 +203,12 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
               say=print) -> str:
   """Trains one run if nobody else does; returns 'done', 'skipped', 'busy' or 'failed'."""
   rdir = run_dir(out, run)
+  # A directory holding another grid's run (or this run with other overrides) is neither
+  # counted as this run nor trained over: the runner names the key and leaves it alone.
+  conflict = config_lib.run_dir_conflict(RunDir(rdir).config, resolve(grid, run, extra, rdir))
+  if conflict:
+    say(f'{run.name}: FAILED: {conflict}')
+    return 'failed'
   if RunDir(rdir).is_complete():
     return 'skipped'
   if _stop.is_set():
@@ -404,17 +410,19 @@ def run_state(rdir: pathlib.Path) -> tuple[str, str]:
   """('done' | 'running' | 'failed' | 'pending', detail)."""
   if RunDir(rdir).is_complete():
     return 'done', ''
+  damaged = 'damaged result.json; the next run finishes it again' \
+      if RunDir(rdir).result_is_damaged() else ''
   held = read_lock(rdir / LOCK)
   if held is not None:
     if lock_is_stale(held):
-      return ('failed' if (rdir / FAILED).exists() else 'pending'), 'stale lock'
+      return ('failed' if (rdir / FAILED).exists() else 'pending'), damaged or 'stale lock'
     return 'running', f'{held.get("host")}:{held.get("pid")}'
   if (rdir / FAILED).exists():
     try:
       return 'failed', f'exit {json.loads((rdir / FAILED).read_text()).get("exit_code")}'
     except (json.JSONDecodeError, OSError):
       return 'failed', ''
-  return 'pending', ''
+  return 'pending', damaged
 
 
 def cmd_status(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[str]) -> int:
@@ -426,10 +434,7 @@ def cmd_status(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[s
     steps = _planned_steps(grid, run, rdir, extra)
     step = _last_step(RunDir(rdir).metrics)
     if state == 'done':
-      try:
-        step = json.loads(RunDir(rdir).result.read_text()).get('steps', step)
-      except (json.JSONDecodeError, OSError):
-        pass
+      step = RunDir(rdir).read_result().get('steps', step)
     frac = min(step / steps, 1.0) if steps else 0.0
     flops_all += run.flops
     flops_done += run.flops * frac

@@ -16,7 +16,6 @@ It relies only on these attributes of the registry's objects (duck typed):
 from __future__ import annotations
 
 import collections
-import json
 import math
 import pathlib
 from typing import Any, Iterable
@@ -49,13 +48,9 @@ def collect_runs(grid, out_dir) -> tuple[list[dict], list[str]]:
   rows, incomplete = [], []
   for spec in grid.runs:
     rd = RunDir(pathlib.Path(out_dir) / 'runs' / spec.name)
-    if not rd.is_complete():
+    res = rd.read_result()
+    if res is None:  # absent, or damaged: not finished (its next `run` finishes it again)
       incomplete.append(spec.name)
-      continue
-    try:
-      res = json.loads(rd.result.read_text())
-    except (OSError, json.JSONDecodeError):
-      incomplete.append(spec.name)  # unreadable: treat as not finished rather than crash
       continue
     curve = training_evals(rd.evals)
     rows.append({

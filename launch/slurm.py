@@ -177,6 +177,12 @@ def build(args, overrides: list[str],
   if args.time and not _TIME.fullmatch(args.time):
     raise UserError(f'--time {args.time!r} is not a SLURM time (minutes, HH:MM:SS or '
                     f'D-HH:MM:SS)')
+  # A line break would end an #SBATCH line and run the rest as shell.
+  for flag, value in (('--out', args.out), ('--partition', args.partition),
+                      ('--account', args.account), ('--container', args.container),
+                      *(('--sbatch-arg', a) for a in args.sbatch_arg)):
+    if '\n' in value or '\r' in value:
+      raise UserError(f'{flag} {value!r} holds a line break, which would end its #SBATCH line')
   # The login node's absolute path is the compute nodes' path on a shared file system.
   out = plan.check_absolute(args.out, base=os.getcwd())
   if not args.container and not os.path.isfile(os.path.join(args.venv, 'bin', 'activate')):

@@ -74,7 +74,7 @@ def test_grids_hold_the_requested_shapes():
   assert sizes == {'paper-dense': 42, 'paper-moe': 10, 'paper-coder': 2,
                    'ablation-regularisers': 25, 'ablation-regularisers-0.6b': 25,
                    'crossover-tiny': 6, 'crossover-small': 16, 'recipe-tiny': 103,
-                   'demo-tiny': 7, 'ablation-regularisers-tiny': 29}
+                   'demo-tiny': 7, 'ablation-regularisers-tiny': 29, 'headline-small': 21}
   coder = registry.get('paper-coder').runs
   assert all(r.tokens == 1_500_000_000_000 for r in coder)
   tiny = registry.get('crossover-tiny').runs
@@ -121,6 +121,7 @@ def test_user_errors_are_one_line_and_exit_2():
     assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
 
 
+@pytest.mark.slow  # 12 s of subprocesses printing tables
 def test_list_and_show_print_the_grids():
   proc = run_grid('list')
   assert proc.returncode == 0 and 'crossover-tiny' in proc.stdout
@@ -179,6 +180,7 @@ def test_run_is_resumable_and_skips_complete_runs(tmp_path):
   assert '20/20 (100%)' in proc.stdout
 
 
+@pytest.mark.slow  # 40 s; the locks it relies on are tested alone above
 def test_two_concurrent_runners_train_every_run_exactly_once(tmp_path):
   out = tmp_path / 'out'
   args = grid_cmd('run', 'crossover-tiny', '--out', str(out), '--only', 'ar-*', *MICRO)

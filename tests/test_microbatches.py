@@ -89,7 +89,7 @@ def test_ar_in_microbatches_equals_the_whole_batch():
   assert abs(naive_mean_of_microbatch_losses(trainer, params, num_micro) - loss) > 10 * RTOL * loss
 
 
-@pytest.mark.parametrize('loss_norm', ['token', 'sequence'])
+@pytest.mark.parametrize('loss_norm', ['token', pytest.param('sequence', marks=pytest.mark.slow)])
 def test_mdm_in_microbatches_equals_the_whole_batch(loss_norm):
   whole = loss_and_grads(*DETERMINISTIC_MDM, f'mdm.loss_norm={loss_norm}')
   micro = loss_and_grads(*DETERMINISTIC_MDM, f'mdm.loss_norm={loss_norm}',

@@ -224,7 +224,7 @@ def test_num_params_counts_every_expert_and_flops_only_the_active_ones():
           == flops.train_flops_per_token(dense_same_width, V, 128) + 6 * router)
 
 
-@pytest.mark.parametrize('objective', ['ar', 'mdm'])
+@pytest.mark.parametrize('objective', [pytest.param('ar', marks=pytest.mark.slow), 'mdm'])
 def test_a_tiny_moe_trains_end_to_end_and_logs_expert_load(objective, tmp_path):
   from dlmjax import config as config_lib, train
   from dlmjax.rundir import read_jsonl

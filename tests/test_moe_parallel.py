@@ -51,6 +51,8 @@ def parity_runs(tmp_path_factory):
   ])
 
 
+# Slow (45 s of set-up): the dense mesh parity (test_multidevice.py) stays in make test.
+@pytest.mark.slow
 @pytest.mark.parametrize('objective, mesh', [('ar', 'dp2-ep4'), ('mdm', 'ep8')])
 def test_expert_parallel_training_matches_one_device(parity_runs, objective, mesh):
   assert_same_training(parity_runs, f'{objective}-1', f'{objective}-{mesh}')

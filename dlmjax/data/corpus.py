@@ -8,8 +8,11 @@
 A corpus yields `Document(name, text)` in a fixed order. Names matter: the validation split
 hashes them (`dlmjax/data/store.py`), so they are chosen to be independent of where the
 corpus lies on disk (paths relative to the corpus root, the jsonl file's base name).
-Files are read as UTF-8 with undecodable bytes replaced; documents whose text is empty or
-only whitespace are skipped.
+Bad input files, the policy (each reported by name on stderr when the corpus is read, in
+one line per kind): a file with a NUL byte is binary and skipped; a file that is not valid
+UTF-8 is read with its undecodable bytes replaced by U+FFFD; an empty or whitespace-only
+file is skipped; a file that vanishes or cannot be read between the glob and its reading
+stops the run with one line naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import pathlib
+import sys
 import sysconfig
 from typing import Iterator, NamedTuple
 
@@ -66,18 +70,46 @@ class FilesCorpus(Corpus):
     self.root = root
     self.names = names  # sorted relative posix paths
 
+  def _read(self, name: str) -> bytes:
+    path = self.root / name
+    try:
+      return path.read_bytes()
+    except FileNotFoundError:
+      raise UserError(f'data.corpus={self.spec!r}: {str(path)!r} vanished after the glob '
+                      f'matched it') from None
+    except OSError as e:
+      raise UserError(f'data.corpus={self.spec!r}: {str(path)!r} cannot be read '
+                      f'({e.strerror or e})') from None
+
   def documents(self) -> Iterator[Document]:
+    odd: dict[str, list[str]] = {'binary (a NUL byte), skipped': [],
+                                 'not UTF-8, undecodable bytes replaced': [],
+                                 'empty, skipped': []}
     for name in self.names:
-      text = (self.root / name).read_bytes().decode('utf-8', errors='replace')
-      if not _is_empty(text):
-        yield Document(name, text)
+      data = self._read(name)
+      if b'\0' in data:
+        odd['binary (a NUL byte), skipped'].append(name)
+        continue
+      try:
+        text = data.decode('utf-8')
+      except UnicodeDecodeError:
+        text = data.decode('utf-8', errors='replace')
+        odd['not UTF-8, undecodable bytes replaced'].append(name)
+      if _is_empty(text):
+        odd['empty, skipped'].append(name)
+        continue
+      yield Document(name, text)
+    for kind, names in odd.items():
+      if names:
+        shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+        print(f'data.corpus={self.spec}: {len(names)} file(s) {kind}: {shown}', file=sys.stderr)
 
   def fingerprint(self) -> str:
     # Raw bytes rather than decoded text: the documents are a function of the bytes, and
     # hashing 12 MB of stdlib this way takes a few tens of milliseconds.
     h = hashlib.sha256(b'dlmjax-files-v1\0')
     for name in self.names:
-      data = (self.root / name).read_bytes()
+      data = self._read(name)
       h.update(f'{name}\0{len(data)}\0'.encode())
       h.update(data)
     return h.hexdigest()
