@@ -306,7 +306,9 @@ def headline_small() -> Grid:
   return Grid('headline-small',
               'The papers\' headline at a larger CPU size: the wide tiny model (d_model 192) at '
               'U = 16K, AR at 32-250 epochs against the MDM at 250 and 1000, and one epoch of '
-              '1M, seeds 0-2, the embedded suite scored at the end of each run.',
+              '1M, seeds 0-2, the embedded suite scored at the end of each run. 6.5e14 '
+              'FLOPs: about 3.6 hours of 2 cores at 5e10 FLOP/s; seed 0 is recorded in '
+              'docs/study-notes.md.',
               'CPU, 2 cores', configs, tuple(runs))
 
 
