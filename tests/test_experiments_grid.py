@@ -198,6 +198,8 @@ def test_two_concurrent_runners_train_every_run_exactly_once(tmp_path):
   assert sum(trained) == 3, logs
 
 
+# Slow (17 s): tests/faults/test_grid.py has the runner report a failed run (in CI).
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_does_not_stop_the_rest(tmp_path, monkeypatch, capsys):
   configs = ('configs/tiny.yaml',)
   # A valid config whose data cannot be found: it fails at start-up, inside the trainer.

@@ -87,6 +87,8 @@ class _LogitsOnly(nnx.Module):
     return self.model(*args, **kwargs)
 
 
+# Slow (11 s): the objectives' fused losses are checked against the logits path below.
+@pytest.mark.slow
 def test_fused_loss_path_equals_the_logits_path_for_the_tied_transformer():
   # Tied: the projection is the transposed input embedding (untied: the objective tests).
   cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, tie_embeddings=True)

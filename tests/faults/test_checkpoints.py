@@ -4,8 +4,6 @@ it is used; the resumed run ends with the parameters of an undamaged one."""
 import pathlib
 import shutil
 
-import jax
-import numpy as np
 import pytest
 
 import dlmjax
@@ -13,7 +11,7 @@ from dlmjax import config as config_lib
 from dlmjax import train
 from dlmjax.checkpoint import MANIFEST, CorruptCheckpoint
 from dlmjax.errors import UserError
-from dlmjax.rundir import read_jsonl
+from faults.common import assert_finished_like
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
@@ -85,11 +83,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(
   bad = list((run_dir / 'checkpoints.bad').iterdir())
   assert len(bad) == 1 and bad[0].name.startswith(f'{latest}-')  # kept, not deleted
   assert again['val_loss'] == result['val_loss']
-  assert [m['step'] for m in read_jsonl(run_dir / 'metrics.jsonl')] == list(
-      range(1, result['steps'] + 1))
-  a, b = dlmjax.load_run(src), dlmjax.load_run(run_dir)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_finished_like(src, run_dir)
   counts['checkpoints_damaged_and_recovered'] += 1
 
 

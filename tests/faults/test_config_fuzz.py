@@ -5,7 +5,6 @@ line that names a key it mutated; never a traceback. Accepted ones are trained f
 import pathlib
 
 import hypothesis
-import pytest
 from hypothesis import strategies as st
 
 from dlmjax import config as config_lib

@@ -9,12 +9,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import pytest
 
-import dlmjax
 from dlmjax.rundir import read_jsonl
+from faults.common import assert_finished_like
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KILLS = 20
@@ -81,7 +79,6 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_work(tmp_path, counts)
   final = time.time() - changed
   out, _ = ref.communicate()
   assert ref.returncode == 0, out
-  whole = dlmjax.load_run(tmp_path / 'whole')
   whole_metrics = read_jsonl(tmp_path / 'whole' / 'metrics.jsonl')
   whole_evals = read_jsonl(tmp_path / 'whole' / 'eval.jsonl')
   whole_result = json.loads((tmp_path / 'whole' / 'result.json').read_text())
@@ -134,10 +131,7 @@ def test_sigkill_at_random_moments_never_loses_or_repeats_work(tmp_path, counts)
     evals = read_jsonl(run_dir / 'eval.jsonl')
     assert [(e['step'], e['val_loss']) for e in evals] == [
         (e['step'], e['val_loss']) for e in whole_evals]
-    cut = dlmjax.load_run(run_dir)
-    assert cut.step == whole.step == steps
-    for x, y in zip(jax.tree.leaves(whole.params), jax.tree.leaves(cut.params)):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_finished_like(tmp_path / 'whole', run_dir)
     # No orbax temporary directory or half-written file left behind.
     leftovers = [p for p in run_dir.rglob('*') if 'tmp' in p.name or p.name.startswith('.')]
     assert not leftovers, leftovers
