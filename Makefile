@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# On both cores (pytest-xdist): most tests keep one busy.
+# On both cores (pytest-xdist): most tests keep one busy. One file per worker, so a
+# module's fixtures (the trained micro runs, the mesh cases) are built once.
 test: venv
-	$(PY) -m pytest -q -n 2 -m "not slow and not gpu and not tpu and not faults"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu and not tpu and not faults"
 
 # Tests marked slow (longer than a few seconds each: the extended mesh cases, the 8-device
 # train command, ...), outside `make test`; pytest's "no tests" (exit 5) is fine here.
