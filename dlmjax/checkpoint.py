@@ -46,6 +46,10 @@ _CHUNK = 1 << 22
 class CorruptCheckpoint(UserError):
   """A checkpoint step whose files do not match its manifest (reported as one line)."""
 
+  def __init__(self, step: int, directory: pathlib.Path, problem: str):
+    super().__init__(f'checkpoint step {step} in {directory}: {problem}')
+    self.problem = problem
+
 
 def _digest(path: pathlib.Path) -> str:
   h = hashlib.sha256()
@@ -153,15 +157,15 @@ class Checkpointer:
     A step whose files fail their manifest or that orbax cannot read is moved to
     `checkpoints.bad/` with a log line naming the step, the file and the step tried next."""
     for step in sorted(self._manager.all_steps(), reverse=True):
-      problem = self.verify(step)
-      if problem is None:
-        try:
-          state, data, meta = self.restore(step, abstract_state)
-        except Exception as e:  # orbax, tensorstore and JSON raise many kinds
-          problem = f'orbax cannot restore it: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
-        else:
-          self._seal_finished()
-          return step, state, data, meta
+      try:
+        state, data, meta = self.restore(step, abstract_state)  # checks the manifest first
+      except CorruptCheckpoint as e:
+        problem = e.problem
+      except Exception as e:  # orbax, tensorstore and JSON raise many kinds
+        problem = f'orbax cannot restore it: {type(e).__name__}: {str(e).splitlines()[0][:200]}'
+      else:
+        self._seal_finished()
+        return step, state, data, meta
       self._set_aside(step, problem)
     return None
 
@@ -204,7 +208,7 @@ class Checkpointer:
     raises CorruptCheckpoint when the step's files do not match its manifest."""
     problem = self.verify(step)
     if problem is not None:
-      raise CorruptCheckpoint(f'checkpoint step {step} in {self.directory}: {problem}')
+      raise CorruptCheckpoint(step, self.directory, problem)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=ocp.args.JsonRestore(),

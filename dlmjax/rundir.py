@@ -38,9 +38,6 @@ class RunDir:
       return None
     return res if isinstance(res, dict) else None
 
-  def result_is_damaged(self) -> bool:
-    return self.result.is_file() and self.read_result() is None
-
   def is_complete(self) -> bool:
     return self.read_result() is not None
 

@@ -313,7 +313,7 @@ def run(cfg: Config) -> dict:
   if (done := rd.read_result()) is not None:
     _log(f'{rd.path}: complete (result.json exists); nothing to do')
     return done
-  if rd.result_is_damaged() and jax.process_index() == 0:
+  if rd.result.is_file() and jax.process_index() == 0:  # there, but not a JSON object
     aside = rd.result.with_name(f'result.json.damaged-{time.strftime("%Y%m%dT%H%M%S")}')
     os.replace(rd.result, aside)
     _log(f'warning: {rd.result} is damaged (not a JSON object); moved to {aside}; finishing '

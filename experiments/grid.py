@@ -205,7 +205,9 @@ def train_one(grid: Grid, run: RunSpec, out: pathlib.Path, extra: list[str],
   rdir = run_dir(out, run)
   # A directory holding another grid's run (or this run with other overrides) is neither
   # counted as this run nor trained over: the runner names the key and leaves it alone.
-  conflict = config_lib.run_dir_conflict(RunDir(rdir).config, resolve(grid, run, extra, rdir))
+  config_yaml = RunDir(rdir).config
+  conflict = config_yaml.is_file() and config_lib.run_dir_conflict(
+      config_yaml, resolve(grid, run, extra, rdir))
   if conflict:
     say(f'{run.name}: FAILED: {conflict}')
     return 'failed'
@@ -411,7 +413,7 @@ def run_state(rdir: pathlib.Path) -> tuple[str, str]:
   if RunDir(rdir).is_complete():
     return 'done', ''
   damaged = 'damaged result.json; the next run finishes it again' \
-      if RunDir(rdir).result_is_damaged() else ''
+      if RunDir(rdir).result.is_file() else ''  # there, but not complete
   held = read_lock(rdir / LOCK)
   if held is not None:
     if lock_is_stale(held):
