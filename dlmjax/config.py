@@ -141,6 +141,8 @@ class TrainConfig:
   microbatches: int = 1
   log_every: int = 10
   progress: bool = True  # progress bar with ETA when stderr is a terminal
+  tensorboard: bool = True  # event files in RUN_DIR/tensorboard (dlmjax/summaries.py)
+  wandb: str = ''  # a Weights & Biases project to log to as well; '' off (needs `wandb`)
 
 
 @dataclasses.dataclass
@@ -556,6 +558,11 @@ def diff_keys(a: Config, b: Config) -> list[str]:
   return [k for k in fa if fa[k] != fb[k] and not k.startswith(RESUMABLE_KEYS)]
 
 
+# Where the directory sits and how a run reports itself: a moved or copied run, or one
+# resumed with another progress or logging choice, is still the same run.
+NOT_PART_OF_THE_RUN = ('run_dir', 'train.progress', 'train.tensorboard', 'train.wandb')
+
+
 def run_dir_conflict(config_yaml: pathlib.Path, cfg: Config) -> str | None:
   """Why the run directory whose config.yaml is `config_yaml` cannot hold the run `cfg` (a
   run of another grid or command, or a config that cannot be read back), or None."""
@@ -568,8 +575,7 @@ def run_dir_conflict(config_yaml: pathlib.Path, cfg: Config) -> str | None:
   if not cfg.model.vocab_size:  # resolved from the tokenizer at start-up: like with like
     previous = dataclasses.replace(previous, model=dataclasses.replace(previous.model,
                                                                        vocab_size=0))
-  # Where the directory sits is not part of the run: a moved or copied one still matches.
-  changed = [k for k in diff_keys(previous, cfg) if k != 'run_dir']
+  changed = [k for k in diff_keys(previous, cfg) if k not in NOT_PART_OF_THE_RUN]
   if not changed:
     return None
   was = flatten(to_dict(previous))[changed[0]]

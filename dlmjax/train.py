@@ -45,7 +45,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from dlmjax import config as config_lib
-from dlmjax import flops, memory, objectives, sharding
+from dlmjax import flops, memory, objectives, sharding, summaries
 from dlmjax.checkpoint import Checkpointer, CorruptCheckpoint
 from dlmjax.config import Config
 from dlmjax.data import budget, pipeline, store as store_lib, tokenizer as tokenizer_lib
@@ -396,6 +396,10 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
     for p in (rd.metrics, rd.evals):
       p.unlink(missing_ok=True)
 
+  log = summaries.Summaries(rd, start, enabled=jax.process_index() == 0,
+                            tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb,
+                            config=config_lib.flatten(config_lib.to_dict(cfg)), name=cfg.name)
+
   val_batches = pipeline.val_batches(val_split, seq_len=cfg.data.seq_len,
                                      batch_size=cfg.eval.batch_size, max_tokens=cfg.eval.val_tokens)
   if not val_batches:
@@ -426,6 +430,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       rec['tasks_s'] = time.time() - t0
     if jax.process_index() == 0:
       append_jsonl(rd.evals, rec)
+    log.eval(rec)
     return rec
 
   ckpt_every = cfg.checkpoint.every
@@ -455,6 +460,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
     meta = {'step': step, 'tokens_seen': tokens_seen(data, step),
             'wall_s': wall_before + time.time() - t_start}
     ckpt.save(step, state, iterator.get_state(), meta, val_loss=val_loss)
+    log.flush()  # what was logged up to a checkpoint survives a kill
     saved['step'] = step
 
   pending: list[dict] = []
@@ -486,6 +492,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
           progress.close()
           last_good = ckpt.latest_step()
           ckpt.close()
+          log.close()
           good = f'step {last_good}' if last_good else 'none yet'
           print(f'error: non-finite loss at step {bad} ({rd.path}); last good checkpoint: '
                 f'{good}. Lower optimizer.lr or raise optimizer.warmup_frac.',
@@ -498,6 +505,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         rec = {'step': rec.pop('step'), **rec}
         if jax.process_index() == 0:
           append_jsonl(rd.metrics, rec)
+        log.train(rec)
         progress.update(step, rec)
         window_t, window_tokens = time.time(), 0
 
@@ -518,6 +526,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
       if stopping and step < num_steps:
         save(step, last_metrics)
         ckpt.close()
+        log.close()
         progress.close()
         _log(f'{rd.path}: {stopping} at step {step}; checkpoint saved, re-run the same '
              f'command to resume')
@@ -531,6 +540,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
   if not trainer.objective.causal:
     rescored = rescore(cfg, ckpt, trainer, best['step'], nll_fn, val_device, val_bytes)
   ckpt.close()
+  log.close()
 
   result = {
       'objective': cfg.objective,

@@ -6,6 +6,8 @@ Commands:
   run GRID             trains every run not yet complete, each as `python -m dlmjax.train`
   status GRID          done / running / failed / pending, with progress and totals
   report GRID          report.md, PNG plots and summary.json in the output directory
+  tensorboard GRID     TensorBoard on every run's curves, one chart per tag with all runs
+                       (filter runs by name in its UI, e.g. `u16K` for one budget's AR and MDM)
 
 Options:
   --out DIR            output directory (default runs/grids/GRID); run dirs are DIR/runs/NAME
@@ -16,6 +18,8 @@ Options:
   --devices N          --dry-run: size memory for N devices (default: this machine's)
   --device KIND        --dry-run: of this kind, e.g. h100, v5p (default: this machine's)
   --workers N          run: N local trainings at once (default 1)
+  --port N             tensorboard: the port to serve on (default 6006); with --dry-run it
+                       prints the command instead of starting it
   key=value            overrides applied to every run, after the run's own
 
 `run` is resumable and may be started several times on one --out (on one machine or on many
@@ -34,6 +38,7 @@ import fnmatch
 import json
 import os
 import pathlib
+import shlex
 import signal
 import socket
 import subprocess
@@ -506,10 +511,28 @@ def cmd_report(grid: Grid, out: pathlib.Path) -> int:
   return 0
 
 
+def tensorboard_command(runs: list[RunSpec], out: pathlib.Path, port: int) -> list[str]:
+  """The `tensorboard` command showing these runs' event files, each named as its run."""
+  from dlmjax import summaries
+  spec = summaries.grid_logdir_spec({r.name: run_dir(out, r) for r in runs})
+  if not spec:
+    raise UserError(f'no run under {out / "runs"} has TensorBoard events yet; start the grid '
+                    f'with `python -m experiments.grid run` first')
+  return [sys.executable, '-m', 'tensorboard.main', '--logdir_spec', spec, '--port', str(port)]
+
+
+def cmd_tensorboard(runs: list[RunSpec], out: pathlib.Path, port: int, dry_run: bool) -> int:
+  argv = tensorboard_command(runs, out, port)
+  print(' '.join(shlex.quote(a) for a in argv), flush=True)
+  if dry_run:
+    return 0
+  os.execv(argv[0], argv)  # TensorBoard's own server, in this process, until Ctrl-C
+
+
 # ---------------------------------------------------------------------------------------
 # Command line.
 
-COMMANDS = ('list', 'show', 'run', 'status', 'report')
+COMMANDS = ('list', 'show', 'run', 'status', 'report', 'tensorboard')
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -523,6 +546,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument('--workers', type=int, default=1)
   p.add_argument('--devices', type=int)
   p.add_argument('--device')
+  p.add_argument('--port', type=int, default=6006)
   args, rest = p.parse_known_args(argv)
   bad = [a for a in rest if '=' not in a or a.startswith('-')]
   if bad:
@@ -533,7 +557,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     f'{", ".join(registry.names())}')
   if args.workers < 1:
     raise UserError('--workers must be at least 1')
-  if (args.devices or args.device) and not args.dry_run:
+  if (args.devices or args.device) and not (args.dry_run and args.command == 'run'):
     raise UserError('--devices and --device go with run --dry-run')
   if args.device:
     from dlmjax.memory import DEVICES
@@ -558,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
       return cmd_status(grid, runs, out, args.overrides)
     if args.command == 'report':
       return cmd_report(grid, out)
+    if args.command == 'tensorboard':
+      return cmd_tensorboard(runs, out, args.port, args.dry_run)
     if args.dry_run:
       return cmd_dry_run(grid, runs, out, args.overrides, args.devices, args.device)
     return cmd_run(grid, runs, out, args.overrides, args.workers)

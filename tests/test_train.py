@@ -83,6 +83,22 @@ def test_run_dir_holds_config_metrics_evals_checkpoints_and_result(which, reques
   assert result['val_bits_per_byte'] > 0
 
 
+@pytest.mark.parametrize('which', ['ar_run', 'mdm_run'])
+def test_tensorboard_events_hold_the_json_logs(which, request):
+  from dlmjax import summaries
+  run_dir, _ = request.getfixturevalue(which)
+  got = summaries.read_scalars(run_dir / 'tensorboard')
+  metrics, evals = read_jsonl(run_dir / 'metrics.jsonl'), read_jsonl(run_dir / 'eval.jsonl')
+  for key in ('loss', 'lr', 'grad_norm', 'tokens_per_s', 'epoch'):
+    assert [s for s, _ in got[f'train/{key}']] == [m['step'] for m in metrics]
+    assert [v for _, v in got[f'train/{key}']] == pytest.approx([m[key] for m in metrics],
+                                                                rel=1e-6)
+  assert got['val/bits_per_byte'] == [
+      (e['step'], pytest.approx(e['val_bits_per_byte'], rel=1e-6)) for e in evals]
+  assert 'val/bits_per_byte_stderr' in got
+  assert [s for s, _ in got['tasks/code_cloze/acc']] == [e['step'] for e in evals if 'tasks' in e]
+
+
 def test_mdm_reports_an_elbo_with_a_standard_error(mdm_run):
   _, result = mdm_run
   assert result['val_loss_stderr'] > 0
@@ -249,6 +265,9 @@ def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
   assert rec['tasks']['piqa']['items'] == 3 and rec['tasks']['piqa']['chance'] == 0.5
   assert rec['tasks']['piqa']['estimator'] == 'chain_rule'
   assert read_jsonl(run_dir / 'eval.jsonl')[-1] == rec
+  from dlmjax import summaries
+  tb = summaries.read_scalars(run_dir / 'tensorboard')
+  assert tb['tasks/piqa/acc'] == [(rec['step'], pytest.approx(rec['tasks']['piqa']['acc']))]
   with pytest.raises(UserError, match='unknown task'):
     evaluate_run(str(run_dir), ['tasks=lambada'])
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from dlmjax import config as config_lib
+from dlmjax import config as config_lib, summaries
 from dlmjax.data import budget, pipeline, store as store_lib
 from dlmjax.errors import ConfigError, UserError, exit_on_user_error
 from dlmjax.eval import likelihood
@@ -73,6 +73,7 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
   else:
     rec = {'step': run.step, 'source': 'dlmjax.eval', **_validation(run)}
   append_jsonl(run.dir.evals, rec)
+  summaries.add_task_scores(run.dir, rec)  # beside the training curves in TensorBoard
   return rec
 
 

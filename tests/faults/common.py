@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 import dlmjax
+from dlmjax import summaries
 from dlmjax.rundir import read_jsonl
 
 
@@ -17,6 +18,11 @@ def assert_finished_like(whole: pathlib.Path, run_dir: pathlib.Path) -> None:
   assert got['val_loss'] == want['val_loss']
   assert [m['step'] for m in read_jsonl(run_dir / 'metrics.jsonl')] == list(
       range(1, want['steps'] + 1))
+  # TensorBoard shows each step once, with the value the finished run's log holds.
+  tb = summaries.read_scalars(run_dir / 'tensorboard')['train/loss']
+  losses = [(m['step'], m['loss']) for m in read_jsonl(run_dir / 'metrics.jsonl')]
+  assert [s for s, _ in tb] == [s for s, _ in losses]
+  np.testing.assert_allclose([v for _, v in tb], [v for _, v in losses], rtol=1e-6)
   a, b = dlmjax.load_run(whole), dlmjax.load_run(run_dir)
   assert a.step == b.step == want['steps']
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
