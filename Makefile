@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-faults test-eval demo bench bench-gpu gpu-wheels clean
+.PHONY: venv test test-slow test-faults test-eval test-extras demo bench bench-gpu gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,15 @@ $(VENV)/.installed-eval: $(STAMP)
 
 test-eval: $(VENV)/.installed-eval
 	$(PY) -m pytest -q tests/test_lm_eval_adapter.py
+
+# The extras' tests: the Hugging Face export against transformers ([hf]) and the lm-eval
+# adapter ([eval]); both pull in CPU torch.
+$(VENV)/.installed-extras: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf]'
+	@touch $@
+
+test-extras: $(VENV)/.installed-extras
+	$(PY) -m pytest -q tests/test_export_hf.py tests/test_lm_eval_adapter.py
 
 demo: venv
 	$(PY) -m dlmjax.demo $(ARGS)

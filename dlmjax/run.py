@@ -12,6 +12,7 @@ row is context and is not scored, so prepend `bos_id` to score a whole text.
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from dlmjax import config as config_lib
-from dlmjax import objectives, sharding
+from dlmjax import export, objectives, sharding
 from dlmjax.checkpoint import Checkpointer
 from dlmjax.config import Config, MeshConfig
 from dlmjax.data.tokenizer import PAD_ID, Tokenizer, load_tokenizer
@@ -52,16 +53,28 @@ class Run:
     self.config: Config = config_lib.read_config_file(self.dir.config)
     self.tokenizer: Tokenizer = load_tokenizer(self.dir.tokenizer)
     self.objective = objectives.get(self.config.objective)
-    ckpt = Checkpointer(self.dir.checkpoints, read_only=True)
-    self.step = step if step is not None else ckpt.latest_step()
-    if self.step is None:
-      raise UserError(f'{self.dir.path} has no checkpoint yet')
     # Inference on one device, whatever mesh the run was trained on (orbax reshards).
     mesh = sharding.make_mesh(MeshConfig(1, 1, 1, 1), devices=jax.devices()[:1])
-    trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
-    state, _, _ = ckpt.restore(self.step, trainer.abstract_state)
-    ckpt.close()
-    self.params = state['params']
+    if export.is_export(self.dir.path) and not self.dir.checkpoints.is_dir():
+      # A Hugging Face export (`python -m dlmjax.export`): the same parameters, bit for bit.
+      self.step = json.loads((self.dir.path / 'export.json').read_text())['step']
+      trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
+      abstract = trainer.abstract_state['params']
+      loaded = export.load_params(self.dir.path, self.config)
+      if jax.tree.structure(loaded) != jax.tree.structure(abstract):
+        raise UserError(f'{self.dir.path / export.WEIGHTS} does not hold the parameters its '
+                        f'config.yaml describes')
+      self.params = jax.tree.map(lambda x, a: jax.device_put(x.astype(a.dtype), a.sharding),
+                                 loaded, abstract)
+    else:
+      ckpt = Checkpointer(self.dir.checkpoints, read_only=True)
+      self.step = step if step is not None else ckpt.latest_step()
+      if self.step is None:
+        raise UserError(f'{self.dir.path} has no checkpoint yet')
+      trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
+      state, _, _ = ckpt.restore(self.step, trainer.abstract_state)
+      ckpt.close()
+      self.params = state['params']
     self._graphdef = trainer.graphdef
     self._abstract = trainer.abstract_params_state
 

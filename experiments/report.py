@@ -911,7 +911,10 @@ def write_report(grid, out_dir) -> dict:
    "plots": [file names]}.
   """
   import matplotlib
-  matplotlib.use('Agg')  # no display on a cluster node or in CI
+  # No display on a cluster node or in CI; a notebook's inline backend renders off-screen
+  # already, and switching it away would stop the notebook's own plots.
+  if 'inline' not in matplotlib.get_backend():
+    matplotlib.use('Agg')
 
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

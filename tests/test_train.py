@@ -256,7 +256,7 @@ def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
   from dlmjax.eval.__main__ import evaluate_run
 
   run_dir, result = tmp_path / 'mdm', mdm_run[1]
-  shutil.copytree(mdm_run[0], run_dir)  # the notebook test reads the fixture's eval.jsonl
+  shutil.copytree(mdm_run[0], run_dir)  # the eval command appends to eval.jsonl
   fixture = ROOT / 'tests' / 'fixtures' / 'piqa' / 'valid.jsonl'
   rec = evaluate_run(str(run_dir), [f'tasks=code_cloze,piqa:{fixture}', 'eval.task_items=4',
                                     'eval.task_estimator=chain_rule'])
@@ -270,28 +270,6 @@ def test_eval_command_scores_tasks_and_appends_them(mdm_run, tmp_path):
   assert tb['tasks/piqa/acc'] == [(rec['step'], pytest.approx(rec['tasks']['piqa']['acc']))]
   with pytest.raises(UserError, match='unknown task'):
     evaluate_run(str(run_dir), ['tasks=lambada'])
-
-
-def test_inspect_notebook_runs_on_a_trained_run(mdm_run, tmp_path, capsys):
-  import shutil
-
-  import matplotlib
-  matplotlib.use('Agg')
-  # A run that `python -m dlmjax.eval` has scored too: its record has task scores only.
-  run_dir = tmp_path / 'mdm'
-  shutil.copytree(mdm_run[0], run_dir)
-  task = {'items': 4, 'acc': 0.5, 'acc_stderr': 0.29, 'chance': 0.25}
-  append_jsonl(run_dir / 'eval.jsonl', {'step': mdm_run[1]['steps'], 'source': 'dlmjax.eval',
-                                        'tasks': {'code_cloze': task}})
-  nb = json.loads((ROOT / 'notebooks' / 'inspect_run.ipynb').read_text())
-  namespace = {}
-  for cell in nb['cells']:
-    if cell['cell_type'] == 'code':
-      source = ''.join(cell['source']).replace("'runs/tiny-mdm-u200000-e20-s0'", repr(str(run_dir)))
-      exec(compile(source, 'inspect_run.ipynb', 'exec'), namespace)
-  assert namespace['run'].config.objective == 'mdm'
-  assert namespace['t'][-1] == (mdm_run[1]['steps'], task)  # the accuracy cell read it
-  assert 'bits/byte' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('which', ['ar_run', 'mdm_run'])

@@ -140,7 +140,7 @@ class ByteTokenizer(Tokenizer):
 
 
 @functools.cache
-def _byte_level_decoder() -> dict[str, int]:
+def byte_level_decoder() -> dict[str, int]:
   """GPT-2's byte-level alphabet, inverted: printable stand-in char -> byte value."""
   bs = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + list(
       range(ord('®'), ord('ÿ') + 1))
@@ -168,7 +168,7 @@ class BPETokenizer(Tokenizer):
       if hf_tokenizer.token_to_id(text) != i:
         raise UserError(f'tokenizer has {hf_tokenizer.id_to_token(i)!r} at id {i}, '
                         f'expected {text!r}')
-    inverse = _byte_level_decoder()
+    inverse = byte_level_decoder()
     self._id_bytes = [b''] * self.vocab_size
     for token, i in hf_tokenizer.get_vocab(with_added_tokens=False).items():
       if i >= NUM_SPECIAL:
