@@ -543,7 +543,8 @@ def _check_tasks(e: EvalConfig) -> None:
 # model.attention too: every backend computes the same function (checked against xla), so a
 # run may resume on another machine with another kernel. The mesh and the process set may
 # change as well: orbax reshards the checkpoint.
-RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'data.prefetch', 'data.cache_dir',
+RESUMABLE_KEYS = ('train.progress', 'train.log_every', 'train.tensorboard', 'train.wandb',
+                  'data.prefetch', 'data.cache_dir',
                   'checkpoint.keep', 'mesh.', 'model.attention', 'distributed.')
 
 
@@ -558,11 +559,6 @@ def diff_keys(a: Config, b: Config) -> list[str]:
   return [k for k in fa if fa[k] != fb[k] and not k.startswith(RESUMABLE_KEYS)]
 
 
-# Where the directory sits and how a run reports itself: a moved or copied run, or one
-# resumed with another progress or logging choice, is still the same run.
-NOT_PART_OF_THE_RUN = ('run_dir', 'train.progress', 'train.tensorboard', 'train.wandb')
-
-
 def run_dir_conflict(config_yaml: pathlib.Path, cfg: Config) -> str | None:
   """Why the run directory whose config.yaml is `config_yaml` cannot hold the run `cfg` (a
   run of another grid or command, or a config that cannot be read back), or None."""
@@ -575,7 +571,8 @@ def run_dir_conflict(config_yaml: pathlib.Path, cfg: Config) -> str | None:
   if not cfg.model.vocab_size:  # resolved from the tokenizer at start-up: like with like
     previous = dataclasses.replace(previous, model=dataclasses.replace(previous.model,
                                                                        vocab_size=0))
-  changed = [k for k in diff_keys(previous, cfg) if k not in NOT_PART_OF_THE_RUN]
+  # Where the directory sits is not part of the run: a moved or copied one still matches.
+  changed = [k for k in diff_keys(previous, cfg) if k != 'run_dir']
   if not changed:
     return None
   was = flatten(to_dict(previous))[changed[0]]

@@ -113,12 +113,18 @@ def test_dry_run_of_every_grid_exits_0_and_trains_nothing(name, tmp_path, capsys
   assert f'{len(registry.get(name).runs)} of {len(registry.get(name).runs)} runs resolve' in out
 
 
-def test_user_errors_are_one_line_and_exit_2():
+def test_user_errors_are_one_line_and_exit_2(capsys):
+  # In this process (the command line's own exit path is tested once, below).
   for args in (['show', 'nope'], ['run', 'crossover-tiny', '--dry-run', 'model.nope=1'],
-               ['run', 'crossover-tiny', '--only', 'zzz*']):
-    proc = run_grid(*args)
-    assert proc.returncode == 2, args
-    assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+               ['run', 'crossover-tiny', '--only', 'zzz*'], ['tensorboard', 'nope']):
+    with pytest.raises(SystemExit) as e:
+      grid_lib.main(args)
+    assert e.value.code == 2, args
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+  proc = run_grid('show', 'nope')
+  assert proc.returncode == 2 and proc.stderr.startswith('error: ') and (
+      proc.stderr.count('\n') == 1), proc.stderr
 
 
 @pytest.mark.slow  # 12 s of subprocesses printing tables

@@ -114,3 +114,16 @@ def test_exporting_onto_the_run_itself_is_a_one_line_error(mdm_export):
   run_dir, _ = mdm_export
   with pytest.raises(UserError, match='is the run directory itself'):
     export.export_run(run_dir, run_dir)
+
+
+def test_the_export_command_writes_the_checkpoint_and_names_a_bad_run_dir(mdm_export, tmp_path,
+                                                                         capsys):
+  run_dir, _ = mdm_export
+  assert export.main([str(run_dir), '--out', str(tmp_path / 'hf')]) == 0
+  assert 'a Hugging Face checkpoint' in capsys.readouterr().out
+  assert export.is_export(tmp_path / 'hf')
+  with pytest.raises(SystemExit) as e:
+    export.main([str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'x')])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'nowhere' in err and err.count('\n') == 1

@@ -11,6 +11,7 @@ from test_export import micro_run
 
 torch = pytest.importorskip('torch', reason='the [hf] extra installs torch (make test-extras)')
 transformers = pytest.importorskip('transformers', reason='the [hf] extra installs transformers')
+pytestmark = pytest.mark.slow  # 2-3 minutes; make test-extras runs it (and make test-slow)
 
 # Held-out text (the validation split is by file; this one is not from the corpus at all).
 TEXT = 'class Stack:\n    def push(self, item):\n        self.items.append(item)\n'
@@ -64,15 +65,18 @@ def test_the_diffusion_export_is_bidirectional_because_its_config_says_so(export
   assert np.abs(theirs - ours).max() > 1e-2  # a causal forward of it is not the model
 
 
-def test_greedy_generation_matches_the_sample_command(exported):
-  run, model, _ = exported
+def test_greedy_generation_matches_the_sample_command(exported, capsys):
+  run, model, tok = exported
   if not run.causal:
     pytest.skip('transformers generates left to right; the MDM samples by unmasking')
-  prompt = [1] + run.tokenizer.encode('def f(x):\n    ')
-  ours = sample.sample(run, [prompt], max_new_tokens=24, temperature=0.0,
-                       stop_at_eos=False).tokens[0].tolist()
+  text = 'def f(x):\n    '
+  capsys.readouterr()
+  sample.main([str(run.dir.path), 'prompt=def f(x):\\n    ', 'max_new_tokens=24',
+               'stop_at_eos=false', 'view=plain'])  # greedy: temperature 0 by default
+  ours = capsys.readouterr().out
+  prompt = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)
   with torch.no_grad():
     out = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                          eos_token_id=None)  # generation_config.json suppresses PAD/BOS/MASK
-  theirs = out[0, len(prompt):].tolist()
-  assert theirs == ours, (run.tokenizer.decode(theirs), run.tokenizer.decode(ours))
+  theirs = text + tok.decode(out[0, len(prompt):].tolist())
+  assert ours.rstrip('\n') == theirs.rstrip('\n'), (ours, theirs)
