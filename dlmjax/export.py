@@ -38,9 +38,10 @@ import numpy as np
 from dlmjax.data.tokenizer import (BOS_ID, EOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SPECIAL_TOKENS,
                                    ByteTokenizer, Tokenizer, byte_level_decoder)
 from dlmjax.errors import UserError, exit_on_user_error
+from dlmjax.model import transformer
 
 WEIGHTS = 'model.safetensors'
-NEVER_PREDICTED = [PAD_ID, BOS_ID, MASK_ID]
+NEVER_PREDICTED = list(transformer.NEVER_PREDICTED)  # the ids the model suppresses
 
 
 def _safetensors():
