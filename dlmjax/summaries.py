@@ -10,9 +10,9 @@ Tags, against the training step:
     val/loss (nats/token), val/loss_stderr, val/bits_per_byte, val/bits_per_byte_stderr
     tasks/NAME/acc, tasks/NAME/acc_stderr, tasks/NAME/acc_norm
 
-Written by process 0 with tensorboard's own event writer (no TensorFlow), flushed whenever a
-checkpoint is saved. On resume the event directory is rebuilt from the JSON logs, which
-resume truncates to the checkpoint's step: every step then appears once, in any reader (the
+Written by process 0 in tensorboard's own record format (no TensorFlow), in the training's
+thread, each record handed to the OS as it is logged. On resume the event directory is rebuilt
+from the JSON logs, which resume truncates to the checkpoint's step: every step then appears once, in any reader (the
 older "orphaned data" purge is done by some readers only). W&B logs the same records under
 the same tags when `train.wandb` names a project (the `wandb` package, installed by the
 user; never required).
@@ -20,9 +20,13 @@ user; never required).
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import pathlib
 import shutil
+import socket
+import time
 from typing import Any
 
 from dlmjax.errors import UserError
@@ -56,27 +60,45 @@ def eval_scalars(rec: dict) -> dict[str, float]:
 
 
 class EventWriter:
-  """Scalars into one TensorBoard event file under `logdir`."""
+  """Scalars into one TensorBoard event file under `logdir`, written in the calling thread.
+
+  tensorboard's EventFileWriter writes from a thread of its own, which on a full disk dies
+  with a traceback and raises later from an unrelated call; here a failed write raises its
+  OSError where it happens, and the training's full-disk handling reports it in one line.
+  """
 
   def __init__(self, logdir: pathlib.Path):
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
     logdir.mkdir(parents=True, exist_ok=True)
-    # Flushes on `flush()` (at checkpoints) and every 30 s on its own thread.
-    self._writer = EventFileWriter(str(logdir), max_queue_size=1000, flush_secs=30)
+    # The name TensorBoard looks for (events.out.tfevents.*), unique per writer.
+    name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+            f'{os.getpid()}.{next(_WRITERS)}')
+    self._file = open(logdir / name, 'wb')
+    self._records = RecordWriter(self._file)
+    self._write(event_pb2.Event(file_version='brain.Event:2'))
+    self.flush()
+
+  def _write(self, event) -> None:
+    event.wall_time = time.time()
+    self._records.write(event.SerializeToString())
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     vals = [summary_pb2.Summary.Value(tag=tag, simple_value=v)
             for tag, v in values.items() if math.isfinite(v)]
     if vals:
-      self._writer.add_event(event_pb2.Event(step=int(step),
-                                             summary=summary_pb2.Summary(value=vals)))
+      self._write(event_pb2.Event(step=int(step), summary=summary_pb2.Summary(value=vals)))
+      self.flush()  # a live TensorBoard sees each record as it is logged
 
   def flush(self) -> None:
-    self._writer.flush()
+    self._file.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    self._file.close()
+
+
+_WRITERS = itertools.count()
 
 
 class _WandB:
@@ -121,7 +143,6 @@ class Summaries:
           self._tb.scalars(rec['step'], train_scalars(rec))
         for rec in read_jsonl(rd.evals):
           self._tb.scalars(rec['step'], eval_scalars(rec))
-        self._tb.flush()
     if wandb_project:
       # W&B keeps what it was sent; a resumed run sends from the checkpoint on.
       self._wandb = _WandB(wandb_project, rd, config or {}, name)
@@ -137,10 +158,6 @@ class Summaries:
 
   def eval(self, rec: dict) -> None:
     self._send(rec['step'], eval_scalars(rec))
-
-  def flush(self) -> None:
-    if self._tb:
-      self._tb.flush()
 
   def close(self) -> None:
     if self._tb:

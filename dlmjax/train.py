@@ -460,7 +460,6 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
     meta = {'step': step, 'tokens_seen': tokens_seen(data, step),
             'wall_s': wall_before + time.time() - t_start}
     ckpt.save(step, state, iterator.get_state(), meta, val_loss=val_loss)
-    log.flush()  # what was logged up to a checkpoint survives a kill
     saved['step'] = step
 
   pending: list[dict] = []

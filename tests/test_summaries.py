@@ -1,12 +1,13 @@
 """TensorBoard events (and the optional W&B log): they hold what the JSON logs hold, every
 step once after a resume, and a grid's runs open side by side."""
 
+import pathlib
 import sys
 import types
 
 import pytest
 
-from dlmjax import summaries
+from dlmjax import summaries, train
 from dlmjax.errors import UserError
 from dlmjax.rundir import RunDir, append_jsonl, read_jsonl, truncate_jsonl
 from experiments import grid as grid_lib
@@ -50,7 +51,7 @@ def test_a_resumed_run_has_every_step_once_with_the_values_logged_after_the_resu
   log = summaries.Summaries(rd, 0)
   for step in range(1, 11):
     _log(rd, log, step, 10.0 + step)
-  log.flush()  # a kill after step 10, with the last checkpoint at step 6
+  # a kill after step 10, with the last checkpoint at step 6
   truncate_jsonl(rd.metrics, 6)
   truncate_jsonl(rd.evals, 6)
   log = summaries.Summaries(rd, 6)
@@ -134,3 +135,22 @@ def test_grid_tensorboard_names_each_run_with_events(tmp_path, capsys):
                           for r in started)
   assert grid_lib.main(['tensorboard', 'crossover-tiny', '--out', str(out), '--dry-run']) == 0
   assert 'tensorboard.main --logdir_spec' in capsys.readouterr().out
+
+
+def test_events_are_readable_while_the_run_is_still_writing(tmp_path):
+  log = summaries.Summaries(RunDir(tmp_path), 0)
+  log.train(_metrics(1, 4.0))
+  log.train(_metrics(2, 3.5))  # not closed: a live TensorBoard reads this
+  assert summaries.read_scalars(tmp_path / 'tensorboard')['train/loss'] == [(1, 4.0), (2, 3.5)]
+  log.close()
+
+
+@pytest.mark.skipif(not pathlib.Path('/dev/full').exists(), reason='needs /dev/full')
+def test_a_full_disk_raises_from_the_logging_call_itself(tmp_path, monkeypatch):
+  """The failure surfaces where train's full-disk handling sees it, not in a writer thread."""
+  # The event file opened on a device where every write fails with ENOSPC.
+  monkeypatch.setattr(summaries, 'open', lambda path, mode: open('/dev/full', mode),
+                      raising=False)
+  with pytest.raises(OSError) as e:
+    summaries.Summaries(RunDir(tmp_path), 0).train(_metrics(1, 4.0))
+  assert train._disk_full(e.value)

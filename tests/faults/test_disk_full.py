@@ -18,9 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 RUN = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=2', 'model.d_ff=64',
        'data.seq_len=32', 'train.batch_size=8', 'data.unique_tokens=20000', 'data.epochs=2',
        'eval.val_tokens=1024', 'eval.num_evals=3', 'eval.batch_size=8', 'train.log_every=1',
-       'train.progress=false', 'eval.tasks=', 'checkpoint.every=5', 'objective=ar',
-       # TensorBoard's writer thread does not yet stop cleanly on a full disk (known defect)
-       'train.tensorboard=false']
+       'train.progress=false', 'eval.tasks=', 'checkpoint.every=5', 'objective=ar']
 FILL_AT = 40  # the step after which the disk is filled
 
 
