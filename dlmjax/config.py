@@ -13,8 +13,10 @@ token budgets are how the papers speak.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import math
 import pathlib
 import typing
@@ -272,6 +274,7 @@ def coerce(key: str, value: Any, typ: Any) -> Any:
   raise TypeError(f'unsupported config field type {typ!r} at {key}')
 
 
+@functools.cache  # a dataclass's fields never change; the grid registry asks ~10^4 times
 def _field_types(cls: type) -> dict[str, Any]:
   hints = typing.get_type_hints(cls)
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -321,6 +324,13 @@ def read_yaml(path: str) -> dict:
   p = pathlib.Path(path)
   if not p.is_file():
     raise ConfigError(f'config file {path!r} does not exist')
+  stat = p.stat()
+  return copy.deepcopy(_parse_yaml(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)  # keyed on the file's mtime and size: an edited file is re-read
+def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
+  p = pathlib.Path(path)
   try:
     data = yaml.safe_load(p.read_text()) or {}
   except yaml.YAMLError as e:

@@ -67,8 +67,10 @@ def naive_mean_of_microbatch_losses(trainer, params, num_micro) -> float:
   From one evaluation of the per-row summed losses (`nll`; for the MDM at t -> 1 the same
   numbers as its training loss): each microbatch normalised alone, then averaged.
   """
-  nats_B, n_B = (np.asarray(x, np.float64) for x in trainer.objective.nll(
-      trainer.model(params), uneven_batch(), jax.random.key(0), trainer.cfg))
+  nll = jax.jit(lambda p, batch, key: trainer.objective.nll(trainer.model(p), batch, key,
+                                                             trainer.cfg))
+  nats_B, n_B = (np.asarray(x, np.float64) for x in nll(params, uneven_batch(),
+                                                         jax.random.key(0)))
   per_micro = []
   for m in range(num_micro):
     nats, n = nats_B[m::num_micro], n_B[m::num_micro]
