@@ -13,9 +13,9 @@ Tags, against the training step:
 Written by process 0 in tensorboard's own record format (no TensorFlow), in the training's
 thread, each record handed to the OS as it is logged. On resume the event directory is
 rebuilt from the JSON logs, which resume truncates to the checkpoint's step: every step then
-appears once, in any reader (the older "orphaned data" purge is done by some readers only). W&B logs the same records under
-the same tags when `train.wandb` names a project (the `wandb` package, installed by the
-user; never required).
+appears once, in any reader (the older "orphaned data" purge is done by some readers only).
+W&B logs the same records under the same tags when `train.wandb` names a project (the
+`wandb` package, installed by the user; never required).
 """
 
 from __future__ import annotations
