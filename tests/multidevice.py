@@ -33,22 +33,22 @@ MODEL = ['model.d_model=32', 'model.n_layers=1', 'model.n_heads=4', 'model.n_kv_
          'model.d_ff=64', f'model.vocab_size={VOCAB}', 'data.seq_len=32', 'train.batch_size=16',
          'optimizer.lr=1e-2', 'optimizer.warmup_steps=1']
 
+
+def plain(name: str, objective: str) -> tuple:
+  """A case with no overrides, its mesh sizes read from its name (data x fsdp x tensor x expert)."""
+  return (f'{name}-{objective}', objective, tuple(int(n) for n in name.split('x')), [], [])
+
+
 # (name, objective, mesh sizes data/fsdp/tensor/expert, mesh overrides, run overrides): the
 # run overrides apply to the one-device reference as well, the mesh overrides only here.
 # In `make test`: every mesh shape, each objective on some (the step is the same code for both
 # but for the loss); the other pairs run with --extended.
-CASES = [(f'{name}-{objective}', objective, sizes, [], [])
-         for name, sizes, objective in [('8x1x1x1', (8, 1, 1, 1), 'ar'),
-                                        ('2x2x2x1', (2, 2, 2, 1), 'ar'),
-                                        ('2x4x1x1', (2, 4, 1, 1), 'mdm'),
-                                        ('1x4x2x1', (1, 4, 2, 1), 'mdm')]]
+CASES = [plain('8x1x1x1', 'ar'), plain('2x2x2x1', 'ar'), plain('2x4x1x1', 'mdm'),
+         plain('1x4x2x1', 'mdm')]
 # Run with --extended (the slow tests): more cases, and the memory cross-check with remat.
 EXTENDED_CASES = [
-    *[(f'{name}-{objective}', objective, sizes, [], [])
-      for name, sizes, objective in [('8x1x1x1', (8, 1, 1, 1), 'mdm'),
-                                     ('2x2x2x1', (2, 2, 2, 1), 'mdm'),
-                                     ('2x4x1x1', (2, 4, 1, 1), 'ar'),
-                                     ('1x4x2x1', (1, 4, 2, 1), 'ar')]],
+    plain('8x1x1x1', 'mdm'), plain('2x2x2x1', 'mdm'), plain('2x4x1x1', 'ar'),
+    plain('1x4x2x1', 'ar'),
     # Gradient accumulation with rows split over 8 devices (the reference accumulates too).
     ('2x4x1x1-micro2-mdm', 'mdm', (2, 4, 1, 1), [], ['train.microbatches=2']),
     # Two DCN slices of four FSDP devices each.
