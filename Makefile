@@ -37,13 +37,13 @@ test-eval: $(VENV)/.installed-eval
 	$(PY) -m pytest -q tests/test_lm_eval_adapter.py
 
 # The extras' tests: the Hugging Face export against transformers ([hf]) and the lm-eval
-# adapter ([eval]); both pull in CPU torch.
+# adapter ([eval]), both pulling in CPU torch, and the Beam tokenization pipeline ([beam]).
 $(VENV)/.installed-extras: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf,beam]'
 	@touch $@
 
 test-extras: $(VENV)/.installed-extras
-	$(PY) -m pytest -q tests/test_export_hf.py tests/test_lm_eval_adapter.py
+	$(PY) -m pytest -q tests/test_export_hf.py tests/test_lm_eval_adapter.py tests/test_data_shards.py
 
 demo: venv
 	$(PY) -m dlmjax.demo $(ARGS)

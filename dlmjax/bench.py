@@ -15,6 +15,11 @@ Measures, in one run on whatever machine it runs on:
                          per length, causal / bidirectional, unpacked / packed (dlmjax/kernels/
                          speed.py); attention_best_over_xla_L4096_bidir is xla's time over the
                          fastest kernel's at L=4096, bidirectional (GPU target >= 3)
+  data                   data preparation at scale: tokenization MB/s of text, the flat store
+                         in one process against the Beam pipeline with 1 and all-core workers
+                         (data.beam_scaling: target >= 1.7 for 2 workers), then the sharded
+                         store's loader at L = 2048 (target >= 2M tokens/s per host) and its
+                         memory at the end of each of three epochs (--data-* flags; [beam])
   step                   the papers' 1B preset (configs/paper.yaml + configs/models/1b.yaml,
                          bf16 compute, L 2048) on an accelerator: step time, tokens/s, MFU
                          against the device's data-sheet peak and MDM / AR step time, for
@@ -186,6 +191,62 @@ def run(cfg) -> dict:
   }
 
 
+def bench_tokenize(corpus_spec: str, tokenizer_dir: str | None, workers: int) -> dict:
+  """Data preparation at scale (issue targets in TARGETS): tokenization MB/s of text by the
+  single-process flat store and by the Beam pipeline (dlmjax/data/prepare.py) with 1 and
+  `workers` DirectRunner processes, each one core, on the same corpus; then the loader's
+  tokens/s per host from the shards at L = 2048 with packing (B = 64, two prefetched
+  batches), and its resident memory at the end of each of three epochs."""
+  import importlib.util
+
+  import psutil
+
+  if importlib.util.find_spec('apache_beam') is None:
+    return {'skipped': "needs the [beam] extra: pip install -e '.[beam]'"}
+  from dlmjax.data import corpus as corpus_lib, prepare, shards
+  from dlmjax.data import tokenizer as tokenizer_lib
+
+  corpus = corpus_lib.open_corpus(corpus_spec)
+  tok = tokenizer_lib.load_tokenizer(tokenizer_dir) if tokenizer_dir else tokenizer_lib.ByteTokenizer()
+  out = {'corpus': corpus_spec, 'tokenizer': tok.kind, 'workers': workers}
+  with tempfile.TemporaryDirectory(prefix='dlmjax-bench-data-') as tmp:
+    flat_dir = pathlib.Path(tmp) / 'flat'
+    flat_dir.mkdir()
+    saved = os.environ.get('TOKENIZERS_PARALLELISM')
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one core, like a pipeline worker
+    t0 = time.perf_counter()
+    store_lib.build_store(flat_dir, corpus, tok, 0.02)
+    seconds = time.perf_counter() - t0
+    if saved is None:
+      del os.environ['TOKENIZERS_PARALLELISM']
+    else:
+      os.environ['TOKENIZERS_PARALLELISM'] = saved
+    mb = int(store_lib.TokenStore(flat_dir).doc_bytes.sum()) / 1e6
+    out['text_mb'] = mb
+    out['store_mb_per_s'] = mb / seconds
+    for w in sorted({1, workers}):
+      t0 = time.perf_counter()
+      sharded = prepare.tokenize(corpus_spec, pathlib.Path(tmp) / f'shards-{w}',
+                                 tokenizer_dir=tokenizer_dir, workers=w)
+      out[f'beam_mb_per_s_w{w}'] = mb / (time.perf_counter() - t0)
+    out['beam_scaling'] = out[f'beam_mb_per_s_w{workers}'] / out['beam_mb_per_s_w1']
+    split = budget.train_split(sharded, 0, 0)
+    data = pipeline.TrainData(split, seq_len=2048, global_batch=64, epochs=3, seed=0)
+    steps_per_epoch = data.num_steps // 3
+    proc = psutil.Process()
+    it = data.iterator()
+    next(it)
+    rss, n, t0 = [], 0, time.perf_counter()
+    for read in range(2, data.num_steps + 1):  # batches read so far
+      n += next(it)['tokens'].size
+      if read % steps_per_epoch == 0 and len(rss) < 3:
+        rss.append(proc.memory_info().rss / 2**20)
+    out['loader_tokens_per_s'] = n / (time.perf_counter() - t0)
+    out['loader_rss_mb_by_epoch'] = [round(r, 1) for r in rss]
+    out['shards'] = len(sharded.index['shards'])
+  return out
+
+
 def machine() -> dict:
   """Where and with what the figures were measured (docs/benchmarks.md quotes these)."""
   import flax
@@ -344,7 +405,7 @@ def junit_summary(xml_text: str) -> dict:
 # ---------------------------------------------------------------------------------------
 # Output.
 
-SECTIONS = ('tiny', 'step', 'attention')
+SECTIONS = ('tiny', 'step', 'attention', 'data')
 
 TARGETS = {  # project targets (docs/benchmarks.md)
     'mfu_vs_matmul_peak': ('>=', 0.5),  # tiny step on the 2-core CPU development machine
@@ -352,6 +413,8 @@ TARGETS = {  # project targets (docs/benchmarks.md)
     speed.RATIO_KEY: ('>=', 3.0),  # on one H100 (issue 7)
     'step.mfu': ('>=', 0.5),  # the 1B step on one H100 in bf16
     'step.mdm_over_ar_step_time': ('<=', 1.05),
+    'data.beam_scaling': ('>=', 1.7),  # 2 workers over 1, on the 2-core machine (issue 14)
+    'data.loader_tokens_per_s': ('>=', 2e6),  # per host, L = 2048, from the shards
 }
 
 
@@ -429,6 +492,13 @@ def to_markdown(res: dict) -> str:
       lines += [f'- `step.{k}` {step[k]:.3f} ({_target_mark("step." + k, step[k])})'
                 for k in ('mfu', 'mdm_over_ar_step_time') if k in step]
       lines.append('')
+  if res.get('data'):
+    lines += ['## Data preparation (`--sections data`)', '', '| figure | value | target |',
+              '|---|---|---|']
+    lines += [f'| `data.{k}` | {f"{v:,.4g}" if isinstance(v, float) else v} | '
+              f'{_target_mark("data." + k, v) if isinstance(v, float) else ""} |'
+              for k, v in res['data'].items()]
+    lines.append('')
   if 'attention' in res:
     att = res['attention']
     lines += [f'## Attention ({", ".join(att["backends"])}; {att["shapes"]})', '',
@@ -444,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--config', default='configs/tiny.yaml', help='the tiny-step preset')
   parser.add_argument('--sections', default=','.join(SECTIONS),
                       help='comma-separated: tiny (tiny preset: step, data, eval, sampling), '
-                           'step (1B preset), attention (every backend)')
+                           'step (1B preset), attention (every backend), data (tokenization '
+                           'and the sharded loader)')
   parser.add_argument('--step-variant', action='append', default=None, metavar='"K=V K=V"',
                       help='overrides of the 1B preset, one measurement each (repeatable); '
                            'the first is also measured with objective ar')
@@ -459,6 +530,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--attn-backends', help='attention section: comma-separated backends '
                       '(default: all available on this platform)')
   parser.add_argument('--attn-only', action='store_true', help='--sections attention')
+  parser.add_argument('--data-corpus', default='stdlib',
+                      help='data section: the corpus to tokenize (a data.corpus spec)')
+  parser.add_argument('--data-tokenizer', default=None,
+                      help='data section: a tokenizer directory (train-tokenizer); default bytes')
+  parser.add_argument('--data-workers', type=int, default=0,
+                      help='data section: DirectRunner processes to compare with one (0: cores)')
   parser.add_argument('overrides', nargs='*', help='key=value overrides of the tiny preset')
   args = parser.parse_args(argv)
   sections = set(args.sections.split(','))
@@ -493,6 +570,10 @@ def main(argv: list[str] | None = None) -> None:
       print('train step, 1B preset:', flush=True)
       res['step'] = bench_train_step(step_variants, rows_per_device=args.step_rows,
                                      dry_run=args.dry_run)
+    if 'data' in sections:
+      print('data preparation:', flush=True)
+      res['data'] = bench_tokenize(args.data_corpus, args.data_tokenizer,
+                                   args.data_workers or os.cpu_count() or 1)
     if 'attention' in sections:
       att = speed.bench_attention(shapes, backends)
       res['attention'] = att
@@ -506,6 +587,11 @@ def main(argv: list[str] | None = None) -> None:
       print(f'{key:34s} not measured (needs a kernel backend on this machine and L=4096)')
     elif not isinstance(value, dict):
       print(f'{key:34s} {value}')
+  data = res.get('data', {})
+  for key, value in data.items():
+    mark = _target_mark('data.' + key, value) if isinstance(value, float) else ''
+    shown = f'{value:,.4g}' if isinstance(value, float) else value
+    print(f'{"data." + key:34s} {shown}' + (f'   ({mark})' if mark else ''))
   step = res.get('step', {})
   if 'skipped' in step:
     print(f'{"train step (1B preset)":34s} skipped: {step["skipped"]}')

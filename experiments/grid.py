@@ -366,7 +366,7 @@ def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[
   budget = memory.device_bytes(device)
   devices = devices or jax.device_count()
   where = f'{devices} x {device or jax.devices()[0].device_kind} ({memory.gb(budget)} each)'
-  rows, errors = [], 0
+  rows, errors, cfgs = [], 0, []
   for run in runs:
     rdir = run_dir(out, run)
     try:
@@ -375,6 +375,7 @@ def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[
       rows.append((run.name, 'error: ' + str(e), '', '', '', ''))
       errors += 1
       continue
+    cfgs.append(cfg)
     vocab = registry.vocab_size(cfg)
     tokens = round(cfg.data.unique_tokens * cfg.data.epochs)
     params = flops_lib.num_params(cfg.model, vocab)
@@ -385,7 +386,39 @@ def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[
          ('run', 'params', 'tokens', 'FLOPs', 'memory/device', 'run dir'), rows)
   print(f'{len(runs) - errors} of {len(runs)} runs resolve'
         + (f'; {errors} rejected at start-up (see error:)' if errors else ''))
+  for line in data_sources(cfgs):
+    print(line)
   return 0
+
+
+def data_sources(cfgs: list) -> list[str]:
+  """Where the runs' tokens come from, one line per corpus: a sharded store with its size
+  and whether the largest unique budget fits, or a corpus each host tokenizes on first use."""
+  from dlmjax.data import shards
+
+  lines = []
+  for corpus in sorted({c.data.corpus for c in cfgs}):
+    largest = max(c.data.unique_tokens for c in cfgs if c.data.corpus == corpus)
+    if not corpus.startswith('store:'):
+      lines.append(f'data: data.corpus={corpus}: tokenized by each host into a flat store on '
+                   f'first use (dlmjax/data/store.py); the runs need up to {largest:,} unique '
+                   f'tokens. For data at scale write shards once with `python -m dlmjax.data '
+                   f'tokenize SOURCE --out DIR` and set data.corpus=store:DIR.')
+      continue
+    directory = corpus.removeprefix('store:')
+    if not shards.is_sharded_store(directory):
+      lines.append(f'data: data.corpus={corpus}: no sharded store there yet; write it with '
+                   f'`python -m dlmjax.data tokenize SOURCE --out {directory}`')
+      continue
+    store = shards.ShardedStore(directory)
+    available = int(store.doc_lengths[~store.is_val & ~store.is_tokenizer].sum())
+    fits = ('every budget fits' if largest <= available else
+            f'too small for the largest budget ({largest:,} unique tokens)')
+    lines.append(f'data: data.corpus={corpus}: sharded store of {store.index["source"]!r}, '
+                 f'{store.num_docs:,} documents, {store.num_tokens:,} tokens in '
+                 f'{len(store.index["shards"])} shards, tokenizer {store.index["tokenizer"]} '
+                 f'({store.vocab_size} ids); {available:,} training tokens: {fits}')
+  return lines
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from dlmjax.data.store import TokenStore
+from dlmjax.data.store import Store
 from dlmjax.errors import UserError
 
 
@@ -24,7 +24,7 @@ class Split:
   """Documents of a store in visiting order and how many tokens each contributes.
 
   Attributes:
-    store: the TokenStore they come from.
+    store: the store (flat or sharded) they come from.
     doc_ids: int64 [n], store document indices in visiting order.
     lengths: int64 [n], tokens used from the start of each document (all of it except
       possibly for the last one of a training budget).
@@ -32,7 +32,7 @@ class Split:
     num_bytes: UTF-8 bytes those tokens stand for.
   """
 
-  store: TokenStore
+  store: Store
   doc_ids: np.ndarray
   lengths: np.ndarray
   num_tokens: int
@@ -43,7 +43,7 @@ class Split:
     return len(self.doc_ids)
 
 
-def val_split(store: TokenStore) -> Split:
+def val_split(store: Store) -> Split:
   """The held-out documents, whole, in store order. Raises UserError if there are none."""
   doc_ids = np.flatnonzero(store.is_val).astype(np.int64)
   if len(doc_ids) == 0:
@@ -53,7 +53,7 @@ def val_split(store: TokenStore) -> Split:
   return Split(store, doc_ids, lengths, int(lengths.sum()), int(store.doc_bytes[doc_ids].sum()))
 
 
-def train_split(store: TokenStore, unique_tokens: int, order_seed: int) -> Split:
+def train_split(store: Store, unique_tokens: int, order_seed: int) -> Split:
   """The first `unique_tokens` tokens (0: all) of the training documents in a fixed order.
 
   The order is `np.random.default_rng(order_seed).permutation` of the training documents

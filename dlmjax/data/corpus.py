@@ -25,7 +25,7 @@ import os
 import pathlib
 import sys
 import sysconfig
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from dlmjax.errors import UserError
 
@@ -56,6 +56,35 @@ class Corpus(abc.ABC):
   def size_hint(self) -> int | None:
     """An upper bound on the number of documents (for progress bars), or None."""
     return None
+
+  def stat_fingerprint(self) -> str:
+    """A fingerprint that changes when the documents may have changed, cheap enough to take
+    before tokenizing a corpus of billions of tokens (file sizes and times where there are
+    files); `fingerprint()` by default."""
+    return self.fingerprint()
+
+  def split(self, parts: int) -> list[Corpus]:
+    """About `parts` picklable corpora whose documents, one after another, are this one's:
+    the pieces a parallel pipeline reads. One piece (itself) unless the corpus can be cut."""
+    return [self]
+
+  def select(self, keep: Callable[[str], bool]) -> Corpus:
+    """The corpus of the documents whose name `keep` accepts, in the same order."""
+    return _Selected(self, keep)
+
+
+class _Selected(Corpus):
+
+  def __init__(self, corpus: Corpus, keep: Callable[[str], bool]):
+    self.spec = corpus.spec
+    self._corpus = corpus
+    self._keep = keep
+
+  def documents(self) -> Iterator[Document]:
+    return (d for d in self._corpus.documents() if self._keep(d.name))
+
+  def fingerprint(self) -> str:
+    raise NotImplementedError('a selection of a corpus has no fingerprint of its own')
 
 
 def _is_empty(text: str) -> bool:
@@ -116,6 +145,21 @@ class FilesCorpus(Corpus):
 
   def size_hint(self) -> int:
     return len(self.names)
+
+  def stat_fingerprint(self) -> str:
+    h = hashlib.sha256(b'dlmjax-files-stat-v1\0')
+    for name in self.names:
+      st = (self.root / name).stat()
+      h.update(f'{name}\0{st.st_size}\0{st.st_mtime_ns}\0'.encode())
+    return h.hexdigest()
+
+  def split(self, parts: int) -> list[FilesCorpus]:
+    size = max(1, -(-len(self.names) // max(1, parts)))
+    return [FilesCorpus(self.spec, self.root, self.names[i:i + size])
+            for i in range(0, len(self.names), size)]
+
+  def select(self, keep: Callable[[str], bool]) -> FilesCorpus:
+    return FilesCorpus(self.spec, self.root, [n for n in self.names if keep(n)])
 
 
 def _stdlib_corpus() -> FilesCorpus:

@@ -70,19 +70,54 @@ def is_tokenizer_name(name: str, val_fraction: float, tokenizer_fraction: float)
   return val_fraction <= val_hash(name) < val_fraction + tokenizer_fraction
 
 
-class TokenStore:
-  """A built store opened read-only.
+class Store:
+  """What budgets, epochs and packing read of a store: the flat `TokenStore` below and the
+  sharded `shards.ShardedStore` both have these attributes.
 
   Attributes:
-    tokens: np.memmap uint16 (uint32 for vocabularies over 65536) [T], documents end to end.
+    tokens: [T] ids of the documents end to end (a memmap, or the shards read as one array),
+      indexable by an int array or a slice of offsets.
     doc_starts: int64 [N + 1]; document i is tokens[doc_starts[i]:doc_starts[i + 1]].
     doc_names: N names (list[str]).
     doc_bytes: int64 [N], UTF-8 bytes of each document's text.
     is_val: bool [N], held out for validation.
     is_tokenizer: bool [N], held out to train the tokenizer (all False for bytes).
     token_bytes: int32 [V], the tokenizer's bytes per id (to count bytes of cut documents).
-    corpus: the `data.corpus` spec this store was opened for.
+    vocab_size: V. corpus: the `data.corpus` spec this store was opened for. path, meta.
   """
+
+  tokens: np.ndarray
+  doc_starts: np.ndarray
+  doc_bytes: np.ndarray
+  is_val: np.ndarray
+  is_tokenizer: np.ndarray
+  token_bytes: np.ndarray
+  vocab_size: int
+  corpus: str
+  path: pathlib.Path
+  meta: dict
+
+  @property
+  def num_docs(self) -> int:
+    return len(self.doc_bytes)
+
+  @property
+  def num_tokens(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def doc_lengths(self) -> np.ndarray:
+    """int64 [N]: tokens of each document, BOS and EOS included."""
+    return np.diff(self.doc_starts)
+
+  def doc(self, i: int) -> np.ndarray:
+    """Document i's ids, BOS and EOS included."""
+    return self.tokens[self.doc_starts[i]:self.doc_starts[i + 1]]
+
+
+class TokenStore(Store):
+  """A built flat store opened read-only: `tokens` is one np.memmap, uint16 (uint32 for
+  vocabularies over 65536)."""
 
   def __init__(self, directory: str | os.PathLike, corpus: str = ''):
     self.path = pathlib.Path(directory)
@@ -101,23 +136,6 @@ class TokenStore:
     self.is_tokenizer = np.load(self.path / 'is_tokenizer.npy')
     self.token_bytes = np.load(self.path / 'token_bytes.npy')
     self.doc_names = json.loads((self.path / 'doc_names.json').read_text(encoding='utf-8'))
-
-  @property
-  def num_docs(self) -> int:
-    return len(self.doc_names)
-
-  @property
-  def num_tokens(self) -> int:
-    return len(self.tokens)
-
-  @property
-  def doc_lengths(self) -> np.ndarray:
-    """int64 [N]: tokens of each document, BOS and EOS included."""
-    return np.diff(self.doc_starts)
-
-  def doc(self, i: int) -> np.ndarray:
-    """Document i's ids (a memmap view), BOS and EOS included."""
-    return self.tokens[self.doc_starts[i]:self.doc_starts[i + 1]]
 
   def __repr__(self) -> str:
     return (f'TokenStore({self.corpus!r}, {self.num_docs} docs, {self.num_tokens} tokens, '
@@ -139,9 +157,10 @@ def held_out_for_tokenizer(data_cfg) -> float:
   return data_cfg.tokenizer_fraction if data_cfg.tokenizer == 'bpe' else 0.0
 
 
-def _progress(total: int | None, description: str):
-  """A rich progress bar with ETA on stderr when it is a terminal; else a no-op."""
-  if not sys.stderr.isatty():
+def _progress(total: int | None, description: str, stream=None):
+  """A rich progress bar with ETA on `stream` (stderr) when it is a terminal; else None."""
+  stream = stream or sys.stderr
+  if not stream.isatty():
     return None
   from rich import progress
   from rich.console import Console
@@ -149,7 +168,7 @@ def _progress(total: int | None, description: str):
   bar = progress.Progress(
       progress.TextColumn('{task.description}'), progress.BarColumn(),
       progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), progress.TimeRemainingColumn(),
-      console=Console(stderr=True), transient=True)
+      console=Console(file=stream), transient=True)
   bar.add_task(description, total=total)
   return bar
 
@@ -255,8 +274,14 @@ def _cached_tokenizer(data_cfg, corpus: corpus_lib.Corpus, corpus_fp: str,
 def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
   """The tokenizer and token store for `data_cfg` (a DataConfig), built on first use.
 
+  `data.corpus=store:DIR` opens the sharded store `python -m dlmjax.data tokenize` wrote
+  in DIR (`shards.py`) with its own tokenizer; `data.tokenizer` and `data.val_fraction`
+  must name what it was built with.
+
   Raises UserError for a bad corpus spec or an unreadable cache directory.
   """
+  if data_cfg.corpus.startswith('store:'):
+    return _open_sharded(data_cfg)
   corpus = corpus_lib.open_corpus(data_cfg.corpus)
   corpus_fp = corpus.fingerprint()
   root = cache_root(data_cfg)
@@ -277,3 +302,28 @@ def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
       if tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)
   return tokenizer, TokenStore(final, corpus=data_cfg.corpus)
+
+
+def _open_sharded(data_cfg) -> tuple[tokenizer_lib.Tokenizer, Store]:
+  from dlmjax.data import shards
+
+  directory = pathlib.Path(os.path.expanduser(data_cfg.corpus.removeprefix('store:')))
+  if not shards.is_sharded_store(directory):
+    raise UserError(f'data.corpus={data_cfg.corpus!r}: {str(directory)!r} is not a sharded '
+                    f'token store (no {shards.INDEX_FILE}); write one with `python -m '
+                    f'dlmjax.data tokenize SOURCE --out {directory}`')
+  sharded = shards.ShardedStore(directory, corpus=data_cfg.corpus)
+  index = sharded.index
+  if data_cfg.tokenizer != index['tokenizer']:
+    raise UserError(f'data.tokenizer={data_cfg.tokenizer!r}, but the store {str(directory)!r} '
+                    f'was tokenized with {index["tokenizer"]!r}; set data.tokenizer='
+                    f'{index["tokenizer"]}')
+  if data_cfg.tokenizer == 'bpe' and data_cfg.bpe_vocab_size < sharded.vocab_size:
+    raise UserError(f'data.bpe_vocab_size={data_cfg.bpe_vocab_size}, but the store\'s '
+                    f'tokenizer has {sharded.vocab_size} ids; set data.bpe_vocab_size='
+                    f'{sharded.vocab_size}')
+  if data_cfg.val_fraction != index['val_fraction']:
+    raise UserError(f'data.val_fraction={data_cfg.val_fraction}, but the store '
+                    f'{str(directory)!r} holds out {index["val_fraction"]}; set '
+                    f'data.val_fraction={index["val_fraction"]}')
+  return tokenizer_lib.load_tokenizer(directory), sharded
