@@ -19,7 +19,8 @@ Measures, in one run on whatever machine it runs on:
                          in one process against the Beam pipeline with 1 and all-core workers
                          (data.beam_scaling: target >= 1.7 for 2 workers), then the sharded
                          store's loader at L = 2048 (target >= 2M tokens/s per host) and its
-                         memory at the end of each of three epochs (--data-* flags; [beam])
+                         memory at the end of each of three epochs; on the .py files of
+                         site-packages with a 4096-id BPE by default (--data-* flags; [beam])
   step                   the papers' 1B preset (configs/paper.yaml + configs/models/1b.yaml,
                          bf16 compute, L 2048) on an accelerator: step time, tokens/s, MFU
                          against the device's data-sheet peak and MDM / AR step time, for
@@ -191,25 +192,41 @@ def run(cfg) -> dict:
   }
 
 
-def bench_tokenize(corpus_spec: str, tokenizer_dir: str | None, workers: int) -> dict:
+def site_packages_corpus() -> str:
+  """Every .py file of this Python's site-packages: a corpus of ~150 MB wherever the bench
+  runs (the embedded stdlib, 12 MB, is too small to time a pipeline's start-up away)."""
+  import sysconfig
+
+  return f'files:{sysconfig.get_paths()["purelib"]}/**/*.py'
+
+
+def bench_tokenize(corpus_spec: str, tokenizer: str, workers: int) -> dict:
   """Data preparation at scale (issue targets in TARGETS): tokenization MB/s of text by the
   single-process flat store and by the Beam pipeline (dlmjax/data/prepare.py) with 1 and
   `workers` DirectRunner processes, each one core, on the same corpus; then the loader's
   tokens/s per host from the shards at L = 2048 with packing (B = 64, two prefetched
-  batches), and its resident memory at the end of each of three epochs."""
+  batches), and its resident memory at the end of each of three epochs. `tokenizer`: bpe
+  (a 4096-id BPE trained first by `train_tokenizer`), byte, or a tokenizer directory."""
   import importlib.util
 
   import psutil
 
   if importlib.util.find_spec('apache_beam') is None:
     return {'skipped': "needs the [beam] extra: pip install -e '.[beam]'"}
-  from dlmjax.data import corpus as corpus_lib, prepare, shards
+  from dlmjax.data import corpus as corpus_lib, prepare
   from dlmjax.data import tokenizer as tokenizer_lib
 
   corpus = corpus_lib.open_corpus(corpus_spec)
-  tok = tokenizer_lib.load_tokenizer(tokenizer_dir) if tokenizer_dir else tokenizer_lib.ByteTokenizer()
-  out = {'corpus': corpus_spec, 'tokenizer': tok.kind, 'workers': workers}
+  out = {'corpus': corpus_spec, 'tokenizer': tokenizer, 'workers': workers}
   with tempfile.TemporaryDirectory(prefix='dlmjax-bench-data-') as tmp:
+    tokenizer_dir = None
+    if tokenizer == 'bpe':
+      tokenizer_dir = str(pathlib.Path(tmp) / 'tokenizer')
+      prepare.train_tokenizer(corpus_spec, tokenizer_dir, vocab_size=4096)
+    elif tokenizer != 'byte':
+      tokenizer_dir = tokenizer
+    tok = (tokenizer_lib.load_tokenizer(tokenizer_dir) if tokenizer_dir
+           else tokenizer_lib.ByteTokenizer())
     flat_dir = pathlib.Path(tmp) / 'flat'
     flat_dir.mkdir()
     saved = os.environ.get('TOKENIZERS_PARALLELISM')
@@ -231,8 +248,9 @@ def bench_tokenize(corpus_spec: str, tokenizer_dir: str | None, workers: int) ->
       out[f'beam_mb_per_s_w{w}'] = mb / (time.perf_counter() - t0)
     out['beam_scaling'] = out[f'beam_mb_per_s_w{workers}'] / out['beam_mb_per_s_w1']
     split = budget.train_split(sharded, 0, 0)
-    data = pipeline.TrainData(split, seq_len=2048, global_batch=64, epochs=3, seed=0)
-    steps_per_epoch = data.num_steps // 3
+    steps_per_epoch = -(-split.num_tokens // (64 * 2048))
+    data = pipeline.TrainData(split, seq_len=2048, global_batch=64, epochs=3, seed=0,
+                              steps=3 * steps_per_epoch + 1)  # the first batch is not timed
     proc = psutil.Process()
     it = data.iterator()
     next(it)
@@ -530,10 +548,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--attn-backends', help='attention section: comma-separated backends '
                       '(default: all available on this platform)')
   parser.add_argument('--attn-only', action='store_true', help='--sections attention')
-  parser.add_argument('--data-corpus', default='stdlib',
-                      help='data section: the corpus to tokenize (a data.corpus spec)')
-  parser.add_argument('--data-tokenizer', default=None,
-                      help='data section: a tokenizer directory (train-tokenizer); default bytes')
+  parser.add_argument('--data-corpus', default=None,
+                      help='data section: the corpus to tokenize, a data.corpus spec (default: '
+                           'the .py files of site-packages)')
+  parser.add_argument('--data-tokenizer', default='bpe',
+                      help='data section: bpe (4096 ids, trained first), byte, or a tokenizer '
+                           'directory')
   parser.add_argument('--data-workers', type=int, default=0,
                       help='data section: DirectRunner processes to compare with one (0: cores)')
   parser.add_argument('overrides', nargs='*', help='key=value overrides of the tiny preset')
@@ -572,8 +592,8 @@ def main(argv: list[str] | None = None) -> None:
                                      dry_run=args.dry_run)
     if 'data' in sections:
       print('data preparation:', flush=True)
-      res['data'] = bench_tokenize(args.data_corpus, args.data_tokenizer,
-                                   args.data_workers or os.cpu_count() or 1)
+      res['data'] = bench_tokenize(args.data_corpus or site_packages_corpus(),
+                                   args.data_tokenizer, args.data_workers or os.cpu_count() or 1)
     if 'attention' in sections:
       att = speed.bench_attention(shapes, backends)
       res['attention'] = att

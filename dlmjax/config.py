@@ -80,7 +80,7 @@ class ModelConfig:
 class DataConfig:
   """Where the tokens come from and how they are budgeted, repeated and packed."""
 
-  corpus: str = 'stdlib'  # stdlib | files:GLOB | jsonl:PATH:FIELD | store:DIR (shards)
+  corpus: str = 'stdlib'  # stdlib | files:GLOB | jsonl:PATH:FIELD | parquet:GLOB:FIELD | store:DIR
   tokenizer: str = 'byte'  # byte | bpe (trained on the training split, saved with the run)
   bpe_vocab_size: int = 4096
   seq_len: int = 128
@@ -474,8 +474,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.mesh.expert in (-1, 1) or m.num_experts % cfg.mesh.expert == 0, 'mesh.expert',
            f'{cfg.mesh.expert} shards do not divide model.num_experts={m.num_experts}')
 
-  _check(d.corpus == 'stdlib' or d.corpus.startswith(('files:', 'jsonl:', 'store:')),
-         'data.corpus', f'{d.corpus!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD or store:DIR')
+  _check(d.corpus == 'stdlib'
+         or d.corpus.startswith(('files:', 'jsonl:', 'parquet:', 'store:')), 'data.corpus',
+         f'{d.corpus!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, parquet:GLOB:FIELD or '
+         f'store:DIR')
   _one_of(d.tokenizer, 'data.tokenizer', ('byte', 'bpe'))
   _check(d.bpe_vocab_size >= 300, 'data.bpe_vocab_size', 'must be at least 300')
   _check(d.seq_len >= 2, 'data.seq_len', 'must be at least 2')

@@ -32,7 +32,8 @@ def _write_corpus(directory, num_docs=40, seed=0):
   rng = np.random.default_rng(seed)
   directory.mkdir(parents=True, exist_ok=True)
   for i in range(num_docs):
-    words = rng.choice(['alpha', 'beta', 'gamma', 'δέλτα', 'x = 1\n'], size=rng.integers(3, 60))
+    words = rng.choice(['alpha', 'beta', 'gamma', 'δέλτα', 'x = 1\n'],
+                       size=rng.integers(3, 60))
     (directory / f'doc{i:03d}.txt').write_text(' '.join(words))
 
 
@@ -286,3 +287,72 @@ def test_the_grid_dry_run_says_where_each_corpus_comes_from(both, tmp_path):
   missing = data_sources([cfg(f'store:{tmp_path / "none"}', 0)])[0]
   assert 'no sharded store there yet' in missing and 'dlmjax.data tokenize' in missing
   assert 'flat store on first use' in data_sources([cfg('stdlib', 16000)])[0]
+
+
+needs_pyarrow = pytest.mark.skipif(importlib.util.find_spec('pyarrow') is None,
+                                   reason='needs pyarrow (the [beam] extra: make test-extras)')
+
+
+def _write_parquet(directory):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  directory.mkdir(parents=True)
+  texts = [f'row {i}: ' + 'x = 1\n' * (i % 5) for i in range(10)]
+  texts[2], texts[7] = None, '  '
+  pq.write_table(pa.table({'text': texts[:7], 'n': list(range(7))}), directory / 'a.parquet',
+                 row_group_size=3)
+  pq.write_table(pa.table({'text': texts[7:], 'n': list(range(3))}), directory / 'b.parquet',
+                 row_group_size=2)
+  return texts
+
+
+@needs_pyarrow
+def test_a_parquet_corpus_yields_each_string_row_and_cuts_by_row_group(tmp_path, capsys):
+  from dlmjax.data.corpus import open_corpus
+
+  texts = _write_parquet(tmp_path / 'pq')
+  corpus = open_corpus(f'parquet:{tmp_path}/pq/*.parquet:text')
+  docs = list(corpus.documents())
+  expected = [(f'a.parquet:{i}', t) for i, t in enumerate(texts[:7])] + \
+      [(f'b.parquet:{i}', t) for i, t in enumerate(texts[7:])]
+  assert [(d.name, d.text) for d in docs] == [(n, t) for n, t in expected
+                                              if t is not None and t.strip()]
+  assert '2 row(s) with a null or empty' in capsys.readouterr().err
+  # Row groups: a.parquet has 3 (3 + 3 + 1 rows), b.parquet 2 (2 + 1); pieces are runs of them.
+  for parts, count in ((5, 5), (2, 2), (1, 1)):
+    pieces = corpus.split(parts)
+    assert len(pieces) == count and [d for p in pieces for d in p.documents()] == docs
+  assert corpus.size_hint() == 10
+  with pytest.raises(UserError, match=r"has no column 'body' \(columns: text, n\)"):
+    list(open_corpus(f'parquet:{tmp_path}/pq/*.parquet:body').documents())
+  with pytest.raises(UserError, match=r"column 'n' of 'a.parquet' is int64, not a string"):
+    list(open_corpus(f'parquet:{tmp_path}/pq/*.parquet:n').documents())
+  with pytest.raises(UserError, match='matches no files'):
+    open_corpus(f'parquet:{tmp_path}/none/*.parquet:text')
+
+
+@needs_beam
+def test_the_pipeline_tokenizes_parquet_like_the_flat_store(tmp_path):
+  _write_parquet(tmp_path / 'pq')
+  spec = f'parquet:{tmp_path}/pq/*.parquet:text'
+  _, flat = store_lib.prepare_data(DataConfig(corpus=spec, cache_dir=str(tmp_path / 'cache'),
+                                              val_fraction=0.3))
+  made = prepare.tokenize(spec, tmp_path / 'shards', val_fraction=0.3, num_shards=5, workers=2)
+  assert len(made.index['shards']) == 5 and made.doc_names == flat.doc_names
+  np.testing.assert_array_equal(made.tokens[:], flat.tokens[:])
+  np.testing.assert_array_equal(made.is_val, flat.is_val)
+
+
+@needs_beam
+def test_the_bench_data_section_measures_both_stores_and_the_loader(tmp_path):
+  from dlmjax import bench
+
+  _write_corpus(tmp_path / 'corpus', num_docs=30)
+  res = bench.bench_tokenize(_cfg(tmp_path).corpus, 'byte', workers=2)
+  for key in ('store_mb_per_s', 'beam_mb_per_s_w1', 'beam_mb_per_s_w2', 'beam_scaling',
+              'loader_tokens_per_s'):
+    assert res[key] > 0, key
+  assert len(res['loader_rss_mb_by_epoch']) == 3
+  text = bench.to_markdown({**bench.machine(), 'data': res})
+  assert '## Data preparation' in text and '`data.beam_scaling`' in text

@@ -3,6 +3,7 @@
     corpus = open_corpus('stdlib')            # the running Python's standard library
     corpus = open_corpus('files:data/**/*.md')  # every file the recursive glob matches
     corpus = open_corpus('jsonl:web.jsonl:text')  # one document per line, field `text`
+    corpus = open_corpus('parquet:web/*.parquet:text')  # one document per row, column `text`
     for doc in corpus.documents(): ...
 
 A corpus yields `Document(name, text)` in a fixed order. Names matter: the validation split
@@ -40,10 +41,27 @@ class Document(NamedTuple):
   text: str
 
 
+def report_odd(spec: str, odd: dict[str, list[str]]) -> None:
+  """One line on stderr per kind of bad input (`Corpus.odd`) that occurred, naming the first
+  five documents."""
+  for kind, names in odd.items():
+    if names:
+      shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+      print(f'data.corpus={spec}: {len(names)} {kind}: {shown}', file=sys.stderr)
+
+
 class Corpus(abc.ABC):
-  """A deterministic sequence of documents and a fingerprint of their content."""
+  """A deterministic sequence of documents and a fingerprint of their content.
+
+  After `documents()` has run out, `odd` maps each kind of bad input the policy met (e.g.
+  'file(s) empty, skipped') to the names of the files or rows concerned; `report` (default
+  True) has them printed, one line per kind, by `report_odd`. A pipeline that reads a corpus
+  in pieces turns `report` off and reports the pieces' `odd` together.
+  """
 
   spec: str
+  odd: dict[str, list[str]] = {}
+  report: bool = True
 
   @abc.abstractmethod
   def documents(self) -> Iterator[Document]:
@@ -111,27 +129,25 @@ class FilesCorpus(Corpus):
                       f'({e.strerror or e})') from None
 
   def documents(self) -> Iterator[Document]:
-    odd: dict[str, list[str]] = {'binary (a NUL byte), skipped': [],
-                                 'not UTF-8, undecodable bytes replaced': [],
-                                 'empty, skipped': []}
+    odd = self.odd = {'file(s) binary (a NUL byte), skipped': [],
+                      'file(s) not UTF-8, undecodable bytes replaced': [],
+                      'file(s) empty, skipped': []}
     for name in self.names:
       data = self._read(name)
       if b'\0' in data:
-        odd['binary (a NUL byte), skipped'].append(name)
+        odd['file(s) binary (a NUL byte), skipped'].append(name)
         continue
       try:
         text = data.decode('utf-8')
       except UnicodeDecodeError:
         text = data.decode('utf-8', errors='replace')
-        odd['not UTF-8, undecodable bytes replaced'].append(name)
+        odd['file(s) not UTF-8, undecodable bytes replaced'].append(name)
       if _is_empty(text):
-        odd['empty, skipped'].append(name)
+        odd['file(s) empty, skipped'].append(name)
         continue
       yield Document(name, text)
-    for kind, names in odd.items():
-      if names:
-        shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
-        print(f'data.corpus={self.spec}: {len(names)} file(s) {kind}: {shown}', file=sys.stderr)
+    if self.report:
+      report_odd(self.spec, odd)
 
   def fingerprint(self) -> str:
     # Raw bytes rather than decoded text: the documents are a function of the bytes, and
@@ -186,16 +202,21 @@ def _glob_root(pattern: str) -> pathlib.Path:
   return pathlib.Path(*fixed) if fixed else pathlib.Path('.')
 
 
-def _files_corpus(spec: str, pattern: str) -> FilesCorpus:
-  if not pattern:
-    raise UserError(f'data.corpus={spec!r}: give a glob after files:, e.g. files:docs/**/*.md')
+def _glob_files(spec: str, pattern: str) -> tuple[pathlib.Path, list[str]]:
+  """The glob's root and the files it matches, sorted, as posix paths relative to the root."""
   pattern = os.path.expanduser(pattern)
   root = _glob_root(pattern)
   matches = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True)]
   names = sorted({p.relative_to(root).as_posix() for p in matches if p.is_file()})
   if not names:
     raise UserError(f'data.corpus={spec!r}: the glob {pattern!r} matches no files')
-  return FilesCorpus(spec, root, names)
+  return root, names
+
+
+def _files_corpus(spec: str, pattern: str) -> FilesCorpus:
+  if not pattern:
+    raise UserError(f'data.corpus={spec!r}: give a glob after files:, e.g. files:docs/**/*.md')
+  return FilesCorpus(spec, *_glob_files(spec, pattern))
 
 
 class JsonlCorpus(Corpus):
@@ -249,8 +270,98 @@ def _jsonl_corpus(spec: str, rest: str) -> JsonlCorpus:
   return JsonlCorpus(spec, p, field)
 
 
+class ParquetCorpus(Corpus):
+  """One document per row of parquet files (pyarrow): the string column `field`, named
+  `FILE:ROW` with FILE relative to the glob's root and ROW counted from 0. Null and empty
+  values are skipped and counted in one line on stderr. Cut by row groups for a pipeline."""
+
+  def __init__(self, spec: str, root: pathlib.Path, names: list[str], field: str,
+               units: list[tuple[str, int]] | None = None):
+    self.spec = spec
+    self.root = root
+    self.names = names  # sorted relative posix paths
+    self.field = field
+    self._units = units  # (file, row group) pairs; None: all of them
+
+  def _file(self, name: str):
+    pq = _pyarrow_parquet(self.spec)
+    f = pq.ParquetFile(self.root / name)
+    schema = f.schema_arrow
+    if self.field not in schema.names:
+      raise UserError(f'data.corpus={self.spec!r}: {name!r} has no column {self.field!r} '
+                      f'(columns: {", ".join(schema.names)})')
+    kind = schema.field(self.field).type
+    if str(kind) not in ('string', 'large_string'):
+      raise UserError(f'data.corpus={self.spec!r}: column {self.field!r} of {name!r} is '
+                      f'{kind}, not a string')
+    return f
+
+  def units(self) -> list[tuple[str, int]]:
+    if self._units is None:
+      self._units = [(name, g) for name in self.names
+                     for g in range(self._file(name).metadata.num_row_groups)]
+    return self._units
+
+  def documents(self) -> Iterator[Document]:
+    skipped = []
+    self.odd = {f'row(s) with a null or empty {self.field!r}, skipped': skipped}
+    for name, group in self.units():
+      f = self._file(name)
+      row = sum(f.metadata.row_group(g).num_rows for g in range(group))
+      for text in f.read_row_group(group, columns=[self.field]).column(0).to_pylist():
+        if text is None or _is_empty(text):
+          skipped.append(f'{name}:{row}')
+        else:
+          yield Document(f'{name}:{row}', text)
+        row += 1
+    if self.report:
+      report_odd(self.spec, self.odd)
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(f'dlmjax-parquet-v1\0{self.field}\0'.encode())
+    for name in self.names:
+      h.update(f'{name}\0'.encode())
+      with open(self.root / name, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+          h.update(block)
+    return h.hexdigest()
+
+  def stat_fingerprint(self) -> str:
+    h = hashlib.sha256(f'dlmjax-parquet-stat-v1\0{self.field}\0'.encode())
+    for name in self.names:
+      st = (self.root / name).stat()
+      h.update(f'{name}\0{st.st_size}\0{st.st_mtime_ns}\0'.encode())
+    return h.hexdigest()
+
+  def size_hint(self) -> int:
+    return sum(self._file(name).metadata.num_rows for name in self.names)
+
+  def split(self, parts: int) -> list[ParquetCorpus]:
+    units = self.units()
+    size = max(1, -(-len(units) // max(1, parts)))
+    return [ParquetCorpus(self.spec, self.root, sorted({n for n, _ in units[i:i + size]}),
+                          self.field, units[i:i + size]) for i in range(0, len(units), size)]
+
+
+def _pyarrow_parquet(spec: str):
+  try:
+    import pyarrow.parquet as pq
+  except ImportError:
+    raise UserError(f"data.corpus={spec!r}: reading parquet needs pyarrow: pip install -e "
+                    f"'.[beam]'") from None
+  return pq
+
+
+def _parquet_corpus(spec: str, rest: str) -> ParquetCorpus:
+  pattern, sep, field = rest.rpartition(':')
+  if not sep or not pattern or not field:
+    raise UserError(f'data.corpus={spec!r}: expected parquet:GLOB:FIELD')
+  return ParquetCorpus(spec, *_glob_files(spec, pattern), field)
+
+
 def open_corpus(spec: str) -> Corpus:
-  """The corpus named by `spec`: `stdlib`, `files:GLOB` or `jsonl:PATH:FIELD`.
+  """The corpus named by `spec`: `stdlib`, `files:GLOB`, `jsonl:PATH:FIELD` or
+  `parquet:GLOB:FIELD`.
 
   Raises UserError naming the spec when it is malformed or matches nothing.
   """
@@ -261,4 +372,7 @@ def open_corpus(spec: str) -> Corpus:
     return _files_corpus(spec, rest)
   if sep and kind == 'jsonl':
     return _jsonl_corpus(spec, rest)
-  raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB or jsonl:PATH:FIELD')
+  if sep and kind == 'parquet':
+    return _parquet_corpus(spec, rest)
+  raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD or '
+                  f'parquet:GLOB:FIELD')

@@ -109,8 +109,7 @@ class _Progress:
 @contextlib.contextmanager
 def _beam_log(path: pathlib.Path):
   """Sends this process's and the workers' stderr (Beam's logging) to `path` while the
-  pipeline runs, yielding the real stderr for the progress bar. Afterwards the corpus's
-  warnings about bad input files are printed from the log, and a failure raises with its
+  pipeline runs, yielding the real stderr for the progress bar. A failure raises with its
   reason: a UserError of a worker as itself, else with the log's path."""
   sys.stderr.flush()
   saved = os.dup(2)
@@ -131,9 +130,6 @@ def _beam_log(path: pathlib.Path):
       os.dup2(saved, 2)
       os.close(saved)
       real.close()
-      for line in path.read_text(errors='replace').splitlines():
-        if line.startswith('data.corpus='):
-          print(line, file=sys.stderr)
 
 
 def _encode(tok, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
@@ -163,6 +159,7 @@ def _pipeline_fns(beam):
 
     def process(self, item):
       s, piece = item
+      piece.report = False  # the driver reports every piece's bad inputs together
       tmp = pathlib.Path(self.tmp)
       names, lengths, num_bytes, h = [], [], [], hashlib.sha256()
       with shards.ShardWriter(tmp / 'shards' / shards.shard_name(s, self.num_shards)) as writer:
@@ -181,6 +178,7 @@ def _pipeline_fns(beam):
               h.update(ids.tobytes())
             chunk = []
       record = shards.shard_record(s, self.num_shards, names, lengths, num_bytes, h.hexdigest())
+      record['odd'] = piece.odd
       (tmp / 'records' / f'{s:07d}.json').write_text(json.dumps(record))
       (tmp / 'progress' / f'{s:07d}').touch()
       yield s
@@ -251,6 +249,11 @@ def tokenize(source: str, out: str | os.PathLike, *, tokenizer_dir: str | None =
              | 'tokenize' >> beam.ParDo(tokenize_shard(str(tmp), num_shards, dtype)))
   seconds = time.time() - t0
   records = [json.loads(f.read_text()) for f in sorted((tmp / 'records').iterdir())]
+  odd: dict[str, list[str]] = {}
+  for record in records:
+    for kind, names in record.pop('odd').items():
+      odd.setdefault(kind, []).extend(names)
+  corpus_lib.report_odd(source, odd)
   index = shards.write_index(
       tmp, records, num_shards, tok, source=source, val_fraction=val_fraction,
       tokenizer_fraction=tokenizer_fraction, build_key=key, build_s=round(seconds, 3),
