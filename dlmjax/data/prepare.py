@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -47,7 +46,6 @@ from dlmjax.data import tokenizer as tokenizer_lib
 from dlmjax.errors import UserError
 
 TOKENIZER_META = 'tokenizer_meta.json'
-_ENCODE_CHUNK_DOCS = 256
 
 
 def _import_beam():
@@ -133,12 +131,9 @@ def _beam_log(path: pathlib.Path):
 
 
 def _encode(tok, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+  """Each text's ids as the store keeps them: BOS, the text's ids, EOS."""
   bos, eos = np.array([tokenizer_lib.BOS_ID], dtype), np.array([tokenizer_lib.EOS_ID], dtype)
-  out = []
-  for i in range(0, len(texts), _ENCODE_CHUNK_DOCS):
-    out += [np.concatenate([bos, ids.astype(dtype), eos])
-            for ids in tok.encode_batch_np(texts[i:i + _ENCODE_CHUNK_DOCS])]
-  return out
+  return [np.concatenate([bos, ids.astype(dtype), eos]) for ids in tok.encode_batch_np(texts)]
 
 
 def _pipeline_fns(beam):
@@ -163,20 +158,15 @@ def _pipeline_fns(beam):
       tmp = pathlib.Path(self.tmp)
       names, lengths, num_bytes, h = [], [], [], hashlib.sha256()
       with shards.ShardWriter(tmp / 'shards' / shards.shard_name(s, self.num_shards)) as writer:
-        chunk = []
-        for doc in itertools.chain(piece.documents(), [None]):
-          if doc is not None:
-            chunk.append(doc)
-          if len(chunk) == _ENCODE_CHUNK_DOCS or (doc is None and chunk):
-            for d, ids in zip(chunk, _encode(self.tok, [d.text for d in chunk],
-                                             np.dtype(self.dtype))):
-              writer.write(ids)
-              names.append(d.name)
-              lengths.append(len(ids))
-              num_bytes.append(len(d.text.encode('utf-8')))
-              h.update(d.name.encode('utf-8') + b'\0')
-              h.update(ids.tobytes())
-            chunk = []
+        for chunk in store_lib._chunks(piece.documents(), store_lib._ENCODE_CHUNK_DOCS):
+          for d, ids in zip(chunk, _encode(self.tok, [d.text for d in chunk],
+                                           np.dtype(self.dtype))):
+            writer.write(ids)
+            names.append(d.name)
+            lengths.append(len(ids))
+            num_bytes.append(len(d.text.encode('utf-8')))
+            h.update(d.name.encode('utf-8') + b'\0')
+            h.update(ids.tobytes())
       record = shards.shard_record(s, self.num_shards, names, lengths, num_bytes, h.hexdigest())
       record['odd'] = piece.odd
       (tmp / 'records' / f'{s:07d}.json').write_text(json.dumps(record))
