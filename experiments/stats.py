@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def _bits(s: str | Sequence[int]) -> np.ndarray:
+def bits(s: str | Sequence[int]) -> np.ndarray:
   if isinstance(s, str):
     return np.frombuffer(s.encode('ascii'), np.uint8) - ord('0')
   return np.asarray(s, np.int8)
@@ -35,7 +35,7 @@ def mcnemar(a: str | Sequence[int], b: str | Sequence[int]) -> dict:
   """
   from scipy import stats
 
-  x, y = _bits(a), _bits(b)
+  x, y = bits(a), bits(b)
   if x.shape != y.shape:
     raise ValueError(f'item counts differ: {x.size} vs {y.size}')
   a_only, b_only = int(np.sum((x == 1) & (y == 0))), int(np.sum((x == 0) & (y == 1)))
@@ -82,8 +82,8 @@ def paired_difference(pairs: Mapping[str, Sequence[tuple[str, str]]], *, resampl
   # d[t]: (seeds, items) of per-item differences in {-1, 0, 1}; acc[t]: the two accuracies.
   d, a_acc, b_acc, tests = {}, [], [], {}
   for t in tasks:
-    a = np.stack([_bits(x) for x, _ in pairs[t]]).astype(np.float64)
-    b = np.stack([_bits(y) for _, y in pairs[t]]).astype(np.float64)
+    a = np.stack([bits(x) for x, _ in pairs[t]]).astype(np.float64)
+    b = np.stack([bits(y) for _, y in pairs[t]]).astype(np.float64)
     if a.shape != b.shape:
       raise ValueError(f'{t}: the two runs have different item counts ({a.shape} vs {b.shape})')
     d[t] = a - b

@@ -31,17 +31,20 @@ def test_demo_reports_the_demo_grid_and_prints_the_verdicts(tmp_path, capsys):
   out = capsys.readouterr().out
   assert '0 trained, 7 already complete' in out
   lines = [' '.join(line.replace('│', ' ').split()) for line in out.splitlines()]
-  # One row per (budget, objective, length); the compared lengths are marked.
-  assert '16K AR 32 3.700 0.500 +- 0.025 yes' in lines
-  assert '16K AR 48 3.900 0.575 +- 0.025' in lines
-  assert '16K MDM 250 3.500 0.700 +- 0.023 yes' in lines
+  # One row per (budget, objective, length); the lengths each comparison uses are marked: on
+  # validation the lowest final loss, on accuracy the most accurate.
+  assert '16K AR 16 3.900 0.375 +- 0.024' in lines
+  assert '16K AR 32 3.700 0.500 +- 0.025 val' in lines
+  assert '16K AR 48 3.900 0.575 +- 0.025 acc' in lines
+  assert '16K MDM 250 3.500 0.700 +- 0.023 val, acc' in lines
   text = ' '.join(lines)
   # Validation SE: the two runs' evaluation SEs (0.01 nats = 0.0143 bits/byte each) combined.
   assert ('U = 16K, validation: MDM final ELBO 3.500 (250 ep) vs AR best exact NLL 3.700 '
           '(32 ep), bits/byte: MDM better by 0.200 +- 0.020') in text
-  # Accuracy SE: 80 of 400 items differ, all one way: sqrt(0.2 * 0.8 / 400) = 0.020.
-  assert ('U = 16K, downstream accuracy: macro accuracy MDM 0.700 (250 ep) vs AR 0.500 (32 ep): '
-          'MDM better by 0.200 +- 0.020') in text
+  # Accuracy against AR's most accurate length: 50 of 400 items differ, all one way: SE
+  # sqrt(0.125 * 0.875 / 400) = 0.0165, here from 1000 bootstrap resamples.
+  assert ('U = 16K, downstream accuracy: macro accuracy MDM 0.700 (250 ep) vs AR 0.575 (48 ep): '
+          'MDM better by 0.125 +- 0.01') in text
   assert 'U = 1M, downstream accuracy: macro accuracy MDM 0.300 (1 ep) vs AR 0.600 (1 ep): AR better by 0.300' in text
   assert 'crossover on validation: SHOWN' in text
   assert 'crossover on downstream accuracy: SHOWN' in text
@@ -51,9 +54,9 @@ def test_demo_reports_the_demo_grid_and_prints_the_verdicts(tmp_path, capsys):
 
 
 def test_demo_says_not_shown_when_the_mdm_is_not_ahead(tmp_path, capsys):
-  # The same grid with the MDM at 16K as accurate as AR's chosen length: no crossover on
-  # accuracy, and the verdict says so.
-  write_grid(tmp_path, {**RESULTS, ('mdm', 16_000, 250): (3.5, 200)})
+  # The same grid with the MDM at 16K as accurate as AR's most accurate length: no crossover
+  # on accuracy, and the verdict says so.
+  write_grid(tmp_path, {**RESULTS, ('mdm', 16_000, 250): (3.5, 230)})
   assert demo.main(['--out', str(tmp_path)]) == 0
   text = ' '.join(capsys.readouterr().out.split())
   assert 'crossover on downstream accuracy: NOT SHOWN' in text

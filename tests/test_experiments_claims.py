@@ -22,10 +22,23 @@ def items(right: int, offset: int = 0) -> str:
   return ''.join(bits)
 
 
+def halves(even: int, odd: int) -> str:
+  """`even` of the N / 2 even items correct and `odd` of the odd ones."""
+  bits = ['0'] * N
+  for i in range(even):
+    bits[2 * i] = '1'
+  for i in range(odd):
+    bits[2 * i + 1] = '1'
+  return ''.join(bits)
+
+
 def run(out, objective, u, epochs, bpb, right=None, seed=0, tag='', overrides=()):
+  """`right`: how many of the N items are correct (the first ones), or the item string."""
   tokens = round(u * epochs)
   name = f'{objective}-m-u{u}-e{epochs:g}-s{seed}' + (f'-{tag}' if tag else '')
-  tasks = {'t': fakes.task_result(items(right))} if right is not None else None
+  if isinstance(right, int):
+    right = items(right)
+  tasks = {'t': fakes.task_result(right)} if right is not None else None
   flops = fakes.write_run_dir(out / 'runs' / name, objective, u, tokens, bpb, seed=seed,
                               tasks=tasks)
   return FakeSpec(name=name, objective=objective, model='m', unique_tokens=u, epochs=epochs,
@@ -54,9 +67,13 @@ def test_crossover_verdicts_use_each_objectives_best_length_and_two_standard_err
   # Over two seeds: mean gap 0.25, SE std([0.3, 0.2]) / sqrt(2) = 0.05: 5 SE. 1 epoch: AR.
   assert small['diff'] == pytest.approx(0.25) and small['se'] == pytest.approx(0.05)
   assert v['verdict'] == 'shown'
-  # Accuracy: the MDM ties AR's chosen length (same items right): not shown.
+  # Accuracy: AR at its most accurate length (48 epochs, on both halves of the items) gets 60
+  # more items right than the MDM: not shown.
   a = c['crossover_accuracy']
-  assert a['values']['small']['diff'] == 0.0 and a['verdict'] == 'not shown'
+  small = a['values']['small']
+  assert (small['ar_epochs'], small['mdm_epochs']) == (48, 250)
+  assert small['diff'] == pytest.approx(-0.15) and a['verdict'] == 'not shown'
+  assert 'both halves' in small['chosen']
   assert a['values']['large']['diff'] == pytest.approx(-0.25)
   # A longer AR run with higher validation loss and more items right: the rising-loss claim.
   r = c['rising_loss_rising_accuracy']
@@ -76,6 +93,28 @@ def test_a_gap_of_exactly_two_standard_errors_is_not_shown(tmp_path):
   assert c['crossover_validation']['values']['small']['se'] == pytest.approx(0.1)
   assert c['crossover_validation']['verdict'] == 'not shown'
   assert c['crossover_accuracy']['verdict'] == 'not tested'  # no task results
+
+
+def test_the_accuracy_choice_is_cross_fitted_so_its_winners_curse_does_not_count(tmp_path):
+  # AR's two lengths are equally accurate over all items, one on the even items and one on the
+  # odd; the MDM is between them on each half. Chosen and scored on the same items, AR's best
+  # would look 0.1 better than it is and hide the MDM's lead; chosen on one half and scored on
+  # the other, each choice scores 0.4 against the MDM's 0.5.
+  specs = [run(tmp_path, 'ar', 1000, 32, 3.7, halves(120, 80)),
+           run(tmp_path, 'ar', 1000, 48, 3.9, halves(80, 120)),
+           run(tmp_path, 'mdm', 1000, 250, 3.5, halves(100, 100)),
+           run(tmp_path, 'ar', 100_000, 1, 3.0, halves(150, 150)),
+           run(tmp_path, 'mdm', 100_000, 1, 3.5, halves(100, 100))]
+  a = verdicts(tmp_path, specs)['crossover_accuracy']
+  small = a['values']['small']
+  assert small['ar_epochs'] == [32, 48] and small['mdm_epochs'] == [250, 250]
+  assert small['diff'] == pytest.approx(0.1) and small['ar'] == pytest.approx(0.4)
+  # Each half: 20 of 200 items differ, all one way: SE sqrt(0.1 * 0.9 / 200) = 0.0212; the
+  # mean of the two disjoint halves has half of their combined SE.
+  assert small['se'] == pytest.approx(math.hypot(0.0212, 0.0212) / 2, rel=0.15)
+  assert a['values']['large']['diff'] == pytest.approx(-0.25)
+  assert a['verdict'] == 'shown'
+  assert 'at 32|48 ep' in a['figures']
 
 
 @pytest.mark.parametrize('reg_bpb, verdict, account', [

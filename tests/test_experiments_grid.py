@@ -74,7 +74,7 @@ def test_grids_hold_the_requested_shapes():
   assert sizes == {'paper-dense': 42, 'paper-moe': 10, 'paper-coder': 2,
                    'ablation-regularisers': 25, 'ablation-regularisers-0.6b': 25,
                    'crossover-tiny': 6, 'crossover-small': 16, 'recipe-tiny': 103,
-                   'demo-tiny': 7, 'ablation-regularisers-tiny': 29, 'headline-small': 21}
+                   'demo-tiny': 7, 'ablation-regularisers-tiny': 29, 'headline-small': 42}
   coder = registry.get('paper-coder').runs
   assert all(r.tokens == 1_500_000_000_000 for r in coder)
   tiny = registry.get('crossover-tiny').runs
