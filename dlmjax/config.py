@@ -475,9 +475,9 @@ def validate(cfg: Config) -> None:
            f'{cfg.mesh.expert} shards do not divide model.num_experts={m.num_experts}')
 
   _check(d.corpus == 'stdlib'
-         or d.corpus.startswith(('files:', 'jsonl:', 'parquet:', 'store:')), 'data.corpus',
-         f'{d.corpus!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, parquet:GLOB:FIELD or '
-         f'store:DIR')
+         or d.corpus.startswith(('files:', 'jsonl:', 'parquet:', 'tfds:', 'mix:', 'store:')),
+         'data.corpus', f'{d.corpus!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, '
+         f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD, mix:W*SPEC|W*SPEC... or store:DIR')
   _one_of(d.tokenizer, 'data.tokenizer', ('byte', 'bpe'))
   _check(d.bpe_vocab_size >= 300, 'data.bpe_vocab_size', 'must be at least 300')
   _check(d.seq_len >= 2, 'data.seq_len', 'must be at least 2')

@@ -4,6 +4,8 @@
     corpus = open_corpus('files:data/**/*.md')  # every file the recursive glob matches
     corpus = open_corpus('jsonl:web.jsonl:text')  # one document per line, field `text`
     corpus = open_corpus('parquet:web/*.parquet:text')  # one document per row, column `text`
+    corpus = open_corpus('tfds:~/tensorflow_datasets/c4/en/3.0.1:train:text')  # a prepared TFDS
+    corpus = open_corpus('mix:0.7*parquet:web/*.parquet:text|0.3*stdlib')  # weighted mixture
     for doc in corpus.documents(): ...
 
 A corpus yields `Document(name, text)` in a fixed order. Names matter: the validation split
@@ -22,6 +24,7 @@ import abc
 import glob
 import hashlib
 import json
+import math
 import os
 import pathlib
 import sys
@@ -359,9 +362,248 @@ def _parquet_corpus(spec: str, rest: str) -> ParquetCorpus:
   return ParquetCorpus(spec, *_glob_files(spec, pattern), field)
 
 
+class TfdsCorpus(Corpus):
+  """One document per example of a prepared TFDS dataset in ArrayRecord format, read by
+  random access through `tfds.data_source` (tensorflow-datasets without TensorFlow): the text
+  feature `field` of split `split`, named `NAME/SPLIT:INDEX`. Cut by index ranges.
+
+  The dataset is the directory `download_and_prepare` wrote (DATA_DIR/NAME[/CONFIG]/VERSION,
+  holding dataset_info.json); a prepared version is immutable, so the fingerprint is its
+  dataset_info.json with the names and sizes of its files.
+  """
+
+  _BLOCK = 1024  # examples read per random-access call
+
+  def __init__(self, spec: str, directory: pathlib.Path, split: str, field: str,
+               start: int = 0, stop: int | None = None):
+    self.spec = spec
+    self.directory = directory
+    self.split_name = split
+    self.field = field
+    self.start, self.stop = start, stop
+    self._source = None
+
+  def __getstate__(self):
+    return {**self.__dict__, '_source': None}  # picklable for a pipeline's workers
+
+  def source(self):
+    if self._source is None:
+      tfds = _tfds(self.spec)
+      try:
+        builder = tfds.builder_from_directory(str(self.directory))
+      except Exception as e:  # noqa: BLE001 - tfds raises many kinds for a bad directory
+        raise UserError(f'data.corpus={self.spec!r}: {str(self.directory)!r} is not a prepared '
+                        f'TFDS dataset ({type(e).__name__}: {e})') from None
+      splits = sorted(builder.info.splits)
+      if self.split_name not in splits:
+        raise UserError(f'data.corpus={self.spec!r}: the dataset has no split '
+                        f'{self.split_name!r} (splits: {", ".join(splits)})')
+      features = builder.info.features
+      if self.field not in features:
+        raise UserError(f'data.corpus={self.spec!r}: the dataset has no feature {self.field!r} '
+                        f'(features: {", ".join(sorted(features))})')
+      if type(features[self.field]).__name__ != 'Text':
+        raise UserError(f'data.corpus={self.spec!r}: feature {self.field!r} is '
+                        f'{type(features[self.field]).__name__}, not Text')
+      try:
+        self._source = builder.as_data_source(split=self.split_name)
+      except Exception as e:  # noqa: BLE001
+        raise UserError(f'data.corpus={self.spec!r}: split {self.split_name!r} cannot be read '
+                        f'by random access ({type(e).__name__}: {e}); prepare the dataset '
+                        f"with file_format='array_record'") from None
+      self.name = builder.name
+    return self._source
+
+  def _range(self) -> range:
+    n = len(self.source())
+    return range(self.start, n if self.stop is None else min(self.stop, n))
+
+  def documents(self) -> Iterator[Document]:
+    source, rows = self.source(), self._range()
+    skipped, replaced = [], []
+    self.odd = {f'example(s) with an empty {self.field!r}, skipped': skipped,
+                f'example(s) not UTF-8 in {self.field!r}, undecodable bytes replaced': replaced}
+    for lo in range(rows.start, rows.stop, self._BLOCK):
+      block = range(lo, min(lo + self._BLOCK, rows.stop))
+      for i, example in zip(block, source.__getitems__(list(block))):
+        name = f'{self.name}/{self.split_name}:{i}'
+        value = example[self.field]
+        if isinstance(value, bytes):
+          try:
+            value = value.decode('utf-8')
+          except UnicodeDecodeError:
+            value = value.decode('utf-8', errors='replace')
+            replaced.append(name)
+        if _is_empty(value):
+          skipped.append(name)
+        else:
+          yield Document(name, value)
+    if self.report:
+      report_odd(self.spec, self.odd)
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(f'dlmjax-tfds-v1\0{self.split_name}\0{self.field}\0'.encode())
+    info = self.directory / 'dataset_info.json'
+    if not info.is_file():
+      raise UserError(f'data.corpus={self.spec!r}: {str(self.directory)!r} is not a prepared '
+                      f'TFDS dataset (no dataset_info.json)')
+    h.update(info.read_bytes())
+    for f in sorted(self.directory.iterdir()):
+      h.update(f'{f.name}\0{f.stat().st_size}\0'.encode())
+    return h.hexdigest()
+
+  def size_hint(self) -> int:
+    return len(self._range())
+
+  def split(self, parts: int) -> list[TfdsCorpus]:
+    rows = self._range()
+    size = max(1, -(-len(rows) // max(1, parts)))
+    return [TfdsCorpus(self.spec, self.directory, self.split_name, self.field, lo,
+                       min(lo + size, rows.stop)) for lo in range(rows.start, rows.stop, size)]
+
+
+def _tfds(spec: str):
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise UserError(f"data.corpus={spec!r}: reading a TFDS dataset needs tensorflow-datasets: "
+                    f"pip install -e '.[tfds]'") from None
+  return tfds
+
+
+def _tfds_corpus(spec: str, rest: str) -> TfdsCorpus:
+  parts = rest.rsplit(':', 2)
+  if len(parts) != 3 or not all(parts):
+    raise UserError(f'data.corpus={spec!r}: expected tfds:DIR:SPLIT:FIELD (DIR: the prepared '
+                    f'dataset, e.g. ~/tensorflow_datasets/c4/en/3.0.1)')
+  directory, split, field = parts
+  path = pathlib.Path(os.path.expanduser(directory))
+  if not path.is_dir():
+    raise UserError(f'data.corpus={spec!r}: the directory {directory!r} does not exist')
+  return TfdsCorpus(spec, path, split, field)
+
+
+class _Labelled(Corpus):
+  """A mixture's source (or a piece of it): its documents renamed LABEL/NAME."""
+
+  def __init__(self, corpus: Corpus, label: str, spec: str):
+    self.spec = spec
+    self.corpus = corpus
+    self.label = label
+
+  def documents(self) -> Iterator[Document]:
+    self.corpus.report = self.report
+    for d in self.corpus.documents():
+      yield Document(f'{self.label}/{d.name}', d.text)
+    self.odd = self.corpus.odd
+
+  def fingerprint(self) -> str:
+    return self.corpus.fingerprint()
+
+  def stat_fingerprint(self) -> str:
+    return self.corpus.stat_fingerprint()
+
+  def size_hint(self) -> int | None:
+    return self.corpus.size_hint()
+
+  def split(self, parts: int) -> list[Corpus]:
+    return [_Labelled(p, self.label, self.spec) for p in self.corpus.split(parts)]
+
+
+def mixture_label(spec: str) -> str:
+  """The name prefix of a mixture source's documents: a hash of its spec, so that reordering
+  the sources or changing their weights keeps every document's name and validation flag."""
+  return 'm' + hashlib.sha1(spec.encode('utf-8')).hexdigest()[:8]
+
+
+def parse_mixture(spec: str) -> list[tuple[float, str]]:
+  """[(weight, source spec)] of `mix:W*SPEC|W*SPEC...`, the weights normalised to sum 1.
+
+  Raises UserError naming the part that is malformed.
+  """
+  parts = spec.removeprefix('mix:').split('|')
+  out = []
+  for part in parts:
+    weight, sep, source = part.partition('*')
+    try:
+      w = float(weight)
+    except ValueError:
+      w = -1.0
+    if not sep or not source or not w > 0 or not math.isfinite(w):
+      raise UserError(f'data.corpus={spec!r}: {part!r} is not WEIGHT*SPEC with a positive '
+                      f'weight (a mixture is mix:W*SPEC|W*SPEC...)')
+    if source.startswith(('mix:', 'store:')):
+      raise UserError(f'data.corpus={spec!r}: a mixture\'s source cannot be {source!r} (a '
+                      f'mixture of text sources is tokenized once; mix stores by mixing their '
+                      f'sources)')
+    out.append((w, source))
+  if len(out) < 2:
+    raise UserError(f'data.corpus={spec!r}: a mixture needs two or more sources, '
+                    f'mix:W*SPEC|W*SPEC...')
+  sources = [s for _, s in out]
+  if len(set(sources)) != len(sources):
+    raise UserError(f'data.corpus={spec!r}: a source is listed twice')
+  total = sum(w for w, _ in out)
+  return [(w / total, s) for w, s in out]
+
+
+class MixtureCorpus(Corpus):
+  """The documents of two or more sources, one source after another, each document renamed
+  LABEL/NAME (`mixture_label`). The weights do not change the documents (so one token store
+  serves every weighting); they set each source's share of every unique budget
+  (`dlmjax/data/budget.py`)."""
+
+  def __init__(self, spec: str, sources: list[tuple[float, Corpus]]):
+    self.spec = spec
+    self.weights = [w for w, _ in sources]
+    self.sources = [_Labelled(c, mixture_label(c.spec), spec) for _, c in sources]
+
+  def documents(self) -> Iterator[Document]:
+    self.odd = {}
+    for source in self.sources:
+      source.report = False
+      yield from source.documents()
+      for kind, names in source.odd.items():
+        self.odd.setdefault(kind, []).extend(names)
+    if self.report:
+      report_odd(self.spec, self.odd)
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(b'dlmjax-mix-v1\0')
+    for s in self.sources:
+      h.update(f'{s.label}\0{s.fingerprint()}\0'.encode())
+    return h.hexdigest()
+
+  def stat_fingerprint(self) -> str:
+    h = hashlib.sha256(b'dlmjax-mix-stat-v1\0')
+    for s in self.sources:
+      h.update(f'{s.label}\0{s.stat_fingerprint()}\0'.encode())
+    return h.hexdigest()
+
+  def size_hint(self) -> int | None:
+    hints = [s.size_hint() for s in self.sources]
+    return None if None in hints else sum(hints)
+
+  def split(self, parts: int) -> list[Corpus]:
+    each = max(1, -(-parts // len(self.sources)))
+    return [piece for s in self.sources for piece in s.split(each)]
+
+
+def _mixture_corpus(spec: str) -> MixtureCorpus:
+  return MixtureCorpus(spec, [(w, open_corpus(s)) for w, s in parse_mixture(spec)])
+
+
+def mixture_weights(spec: str) -> dict[str, float] | None:
+  """{document-name label: weight} of a mixture spec, or None for a single source."""
+  if not spec.startswith('mix:'):
+    return None
+  return {mixture_label(s): w for w, s in parse_mixture(spec)}
+
+
 def open_corpus(spec: str) -> Corpus:
-  """The corpus named by `spec`: `stdlib`, `files:GLOB`, `jsonl:PATH:FIELD` or
-  `parquet:GLOB:FIELD`.
+  """The corpus named by `spec`: `stdlib`, `files:GLOB`, `jsonl:PATH:FIELD`,
+  `parquet:GLOB:FIELD`, `tfds:DIR:SPLIT:FIELD` or a weighted mixture of these,
+  `mix:W*SPEC|W*SPEC...`.
 
   Raises UserError naming the spec when it is malformed or matches nothing.
   """
@@ -374,5 +616,9 @@ def open_corpus(spec: str) -> Corpus:
     return _jsonl_corpus(spec, rest)
   if sep and kind == 'parquet':
     return _parquet_corpus(spec, rest)
-  raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD or '
-                  f'parquet:GLOB:FIELD')
+  if sep and kind == 'tfds':
+    return _tfds_corpus(spec, rest)
+  if sep and kind == 'mix':
+    return _mixture_corpus(spec)
+  raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, '
+                  f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD or mix:W*SPEC|W*SPEC...')

@@ -190,6 +190,10 @@ class ShardedStore(store_lib.Store):
   def doc(self, i: int) -> np.ndarray:
     return self.tokens.docs(np.array([i]))[0]
 
+  @property
+  def source_spec(self) -> str:
+    return self.index['source']
+
   def __repr__(self) -> str:
     return (f'ShardedStore({self.num_docs} docs, {self.num_tokens} tokens in '
             f'{len(self.index["shards"])} shards, {int(self.is_val.sum())} held out, at '

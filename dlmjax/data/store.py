@@ -114,6 +114,12 @@ class Store:
     """Document i's ids, BOS and EOS included."""
     return self.tokens[self.doc_starts[i]:self.doc_starts[i + 1]]
 
+  @property
+  def source_spec(self) -> str:
+    """The `data.corpus` spec of the text the documents came from (for a mixture, its
+    weights: `corpus.mixture_weights`)."""
+    return self.corpus
+
 
 class TokenStore(Store):
   """A built flat store opened read-only: `tokens` is one np.memmap, uint16 (uint32 for
