@@ -39,11 +39,11 @@ test-eval: $(VENV)/.installed-eval
 # The extras' tests: the Hugging Face export against transformers ([hf]) and the lm-eval
 # adapter ([eval]), both pulling in CPU torch, and the Beam tokenization pipeline ([beam]).
 $(VENV)/.installed-extras: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf,beam]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf,beam,tfds]'
 	@touch $@
 
 test-extras: $(VENV)/.installed-extras
-	$(PY) -m pytest -q tests/test_export_hf.py tests/test_lm_eval_adapter.py tests/test_data_shards.py
+	$(PY) -m pytest -q tests/test_export_hf.py tests/test_lm_eval_adapter.py tests/test_data_shards.py tests/test_data_sources.py
 
 demo: venv
 	$(PY) -m dlmjax.demo $(ARGS)

@@ -80,7 +80,9 @@ class ModelConfig:
 class DataConfig:
   """Where the tokens come from and how they are budgeted, repeated and packed."""
 
-  corpus: str = 'stdlib'  # stdlib | files:GLOB | jsonl:PATH:FIELD | parquet:GLOB:FIELD | store:DIR
+  # stdlib | files:GLOB | jsonl:PATH:FIELD | parquet:GLOB:FIELD | tfds:DIR:SPLIT:FIELD |
+  # mix:W*SPEC|W*SPEC... | store:DIR (dlmjax/data/corpus.py)
+  corpus: str = 'stdlib'
   tokenizer: str = 'byte'  # byte | bpe (trained on the training split, saved with the run)
   bpe_vocab_size: int = 4096
   seq_len: int = 128

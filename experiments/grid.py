@@ -394,7 +394,7 @@ def cmd_dry_run(grid: Grid, runs: list[RunSpec], out: pathlib.Path, extra: list[
 def data_sources(cfgs: list) -> list[str]:
   """Where the runs' tokens come from, one line per corpus: a sharded store with its size
   and whether the largest unique budget fits, or a corpus each host tokenizes on first use."""
-  from dlmjax.data import shards
+  from dlmjax.data import budget, shards
 
   lines = []
   for corpus in sorted({c.data.corpus for c in cfgs}):
@@ -411,7 +411,7 @@ def data_sources(cfgs: list) -> list[str]:
                    f'`python -m dlmjax.data tokenize SOURCE --out {directory}`')
       continue
     store = shards.ShardedStore(directory)
-    available = int(store.doc_lengths[~store.is_val & ~store.is_tokenizer].sum())
+    available = budget.train_split(store, 0, 0).num_tokens  # a mixture: at its weights
     fits = ('every budget fits' if largest <= available else
             f'too small for the largest budget ({largest:,} unique tokens)')
     lines.append(f'data: data.corpus={corpus}: sharded store of {store.index["source"]!r}, '

@@ -4,6 +4,7 @@ budget, dlmjax/data/budget.py) and prepared TFDS datasets (`tfds:DIR:SPLIT:FIELD
 random access without TensorFlow). The TFDS tests build a tiny dataset with a builder of
 their own and skip without tensorflow-datasets (`make test-extras` installs it)."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -121,7 +122,12 @@ def test_a_malformed_mixture_is_refused_with_its_part_named(spec, message):
     corpus_lib.open_corpus(spec)
 
 
-def _tiny_tfds(data_dir: pathlib.Path, texts: list[str]) -> pathlib.Path:
+TEXTS = [f'example {i}: ' + 'ünïcode x = 1\n' * (i % 4) for i in range(12)] + ['   ']
+
+
+@functools.cache
+def _builder_class():
+  """A TFDS builder of TEXTS, defined once: TFDS registers every builder class by name."""
   import tensorflow_datasets as tfds
 
   class TinyText(tfds.core.GeneratorBasedBuilder):
@@ -132,23 +138,24 @@ def _tiny_tfds(data_dir: pathlib.Path, texts: list[str]) -> pathlib.Path:
           {'text': tfds.features.Text(), 'n': np.int64}))
 
     def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(texts), 'validation': self._generate_examples([
-          'held out'])}
+      return {'train': self._generate_examples(TEXTS),
+              'validation': self._generate_examples(['held out'])}
 
     def _generate_examples(self, rows):
       for i, text in enumerate(rows):
         yield str(i), {'text': text, 'n': i}
 
-  TinyText(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  return TinyText
+
+
+def _tiny_tfds(data_dir: pathlib.Path) -> pathlib.Path:
+  _builder_class()(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
   return data_dir / 'tiny_text' / '1.0.0'
-
-
-TEXTS = [f'example {i}: ' + 'ünïcode x = 1\n' * (i % 4) for i in range(12)] + ['   ']
 
 
 @needs_tfds
 def test_a_prepared_tfds_dataset_is_a_corpus_read_by_random_access(tmp_path, capsys):
-  directory = _tiny_tfds(tmp_path / 'tfds', TEXTS)
+  directory = _tiny_tfds(tmp_path / 'tfds')
   spec = f'tfds:{directory}:train:text'
   corpus = corpus_lib.open_corpus(spec)
   docs = list(corpus.documents())
@@ -181,8 +188,9 @@ def test_a_prepared_tfds_dataset_is_a_corpus_read_by_random_access(tmp_path, cap
 @needs_beam
 def test_the_pipeline_tokenizes_a_tfds_mixture_like_the_flat_store(tmp_path, two_sources):
   from dlmjax.data import prepare
+  from dlmjax.data.__main__ import info
 
-  directory = _tiny_tfds(tmp_path / 'tfds', TEXTS)
+  directory = _tiny_tfds(tmp_path / 'tfds')
   spec = f'mix:1*tfds:{directory}:train:text|1*{two_sources[1]}'
   flat = _mixed(tmp_path, spec)
   made = prepare.tokenize(spec, tmp_path / 'shards', val_fraction=0.1, num_shards=4, workers=2)
@@ -192,3 +200,7 @@ def test_the_pipeline_tokenizes_a_tfds_mixture_like_the_flat_store(tmp_path, two
   for u in (150, 600):
     np.testing.assert_array_equal(budget.train_split(made, u, 0).doc_ids,
                                   budget.train_split(flat, u, 0).doc_ids)
+  # `info` gives the largest budget at the weights, not every training token.
+  largest = budget.train_split(flat, 0, 0).num_tokens
+  assert largest < int(flat.doc_lengths[~flat.is_val].sum())
+  assert f'largest unique budget: data.unique_tokens={largest}\n' in info(str(made.path)) + '\n'

@@ -6,7 +6,8 @@
     python -m dlmjax.train configs/tiny.yaml data.corpus=store:shards/ data.tokenizer=bpe \\
         data.bpe_vocab_size=4096
 
-SOURCE is a `data.corpus` spec (stdlib, files:GLOB, jsonl:PATH:FIELD). `tokenize` runs an
+SOURCE is a `data.corpus` spec (stdlib, files:GLOB, jsonl:PATH:FIELD, parquet:GLOB:FIELD,
+tfds:DIR:SPLIT:FIELD, mix:W*SPEC|W*SPEC...; dlmjax/data/corpus.py). `tokenize` runs an
 Apache Beam pipeline (dlmjax/data/prepare.py; the [beam] extra): on the local DirectRunner
 with one process per core unless Beam flags after `--` name another runner, e.g.
 `-- --runner=DataflowRunner --project=P --region=R --temp_location=gs://...`.
@@ -25,12 +26,11 @@ from dlmjax.errors import exit_on_user_error
 def info(directory: str) -> str:
   """A few lines about the sharded store in `directory`: sizes, splits, the largest unique
   budget, and a histogram of document lengths."""
-  from dlmjax.data import shards
+  from dlmjax.data import budget, shards
 
   store = shards.ShardedStore(directory)
   index = store.index
   lengths = store.doc_lengths
-  train = ~store.is_val & ~store.is_tokenizer
   lines = [
       f'{store.path}: {index["source"]!r}, tokenizer {index["tokenizer"]} '
       f'({store.vocab_size} ids)',
@@ -39,7 +39,8 @@ def info(directory: str) -> str:
       f'  validation: {int(store.is_val.sum())} documents, {int(lengths[store.is_val].sum())} '
       f'tokens (val_fraction {index["val_fraction"]})',
       f'  tokenizer split: {int(store.is_tokenizer.sum())} documents, never trained on',
-      f'  largest unique budget: data.unique_tokens={int(lengths[train].sum())}',
+      # For a mixture, the most it gives at its weights (dlmjax/data/budget.py).
+      f'  largest unique budget: data.unique_tokens={budget.train_split(store, 0, 0).num_tokens}',
       '  document length (tokens, BOS and EOS included):',
   ]
   edges = 2 ** np.arange(0, int(np.ceil(np.log2(max(int(lengths.max()), 2)))) + 2)
