@@ -8,9 +8,12 @@ boundaries, training and validation batches, hosts, resumption, a training run. 
 same store, reuse it when nothing changed, rebuild atomically and report bad input files.
 """
 
+import functools
 import importlib.util
+import os
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -204,7 +207,7 @@ def test_the_beam_pipeline_writes_the_flat_stores_documents_and_reuses_them(tmp_
 
 
 @needs_beam
-def test_an_interrupted_build_leaves_no_store_and_the_next_run_rebuilds(tmp_path, monkeypatch):
+def test_an_interrupted_build_leaves_no_store_and_the_next_run_resumes(tmp_path, monkeypatch):
   _write_corpus(tmp_path / 'corpus', num_docs=10)
   out = tmp_path / 'shards'
 
@@ -212,10 +215,15 @@ def test_an_interrupted_build_leaves_no_store_and_the_next_run_rebuilds(tmp_path
     raise KeyboardInterrupt
   monkeypatch.setattr(shards, 'write_index', killed)
   with pytest.raises(KeyboardInterrupt):
-    prepare.tokenize(_cfg(tmp_path).corpus, out, val_fraction=0.2, workers=1)
+    prepare.tokenize(_cfg(tmp_path).corpus, out, val_fraction=0.2, num_shards=2, workers=1)
   assert not out.exists() and len(list(tmp_path.glob('.shards.tmp-*'))) == 1
+  written = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob('.shards.tmp-*/shards/*')}
+  assert len(written) == 2
   monkeypatch.undo()
-  made = prepare.tokenize(_cfg(tmp_path).corpus, out, val_fraction=0.2, workers=1)
+  # The shards whose records were written are kept, not tokenized again.
+  made = prepare.tokenize(_cfg(tmp_path).corpus, out, val_fraction=0.2, num_shards=2,
+                          workers=1)
+  assert {p.name: p.stat().st_mtime_ns for p in (out / 'shards').iterdir()} == written
   assert made.num_docs == 10 and not list(tmp_path.glob('.shards.tmp-*'))
 
 
@@ -356,3 +364,95 @@ def test_the_bench_data_section_measures_both_stores_and_the_loader(tmp_path):
   assert len(res['loader_rss_mb_by_epoch']) == 3
   text = bench.to_markdown({**bench.machine(), 'data': res})
   assert '## Data preparation' in text and '`data.beam_scaling`' in text
+
+
+@functools.cache
+def _fake_remote_file_system():
+  """A Beam file system for `fakegs://PATH`, kept under the directory $FAKEGS_ROOT: the remote
+  code path of the pipeline (objects created whole, listed by pattern, no directories to
+  make) without a network. Beam finds file systems by subclass, so it is defined once."""
+  from apache_beam.io.filesystem import FileMetadata, MatchResult
+  from apache_beam.io.localfilesystem import LocalFileSystem
+
+  def local(path):
+    return os.path.join(os.environ['FAKEGS_ROOT'], path.removeprefix('fakegs://'))
+
+  class FakeRemoteFileSystem(LocalFileSystem):
+
+    @classmethod
+    def scheme(cls):
+      return 'fakegs'
+
+    def join(self, base, *paths):
+      return '/'.join([base.rstrip('/'), *paths])
+
+    def create(self, path, *args, **kwargs):
+      os.makedirs(os.path.dirname(local(path)), exist_ok=True)
+      return super().create(local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+      return super().open(local(path), *args, **kwargs)
+
+    def exists(self, path):
+      return super().exists(local(path))
+
+    def delete(self, paths):
+      for p in map(local, paths):
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        # An object store has no empty directories: a prefix exists while it holds objects.
+        parent = os.path.dirname(p)
+        while parent != os.environ['FAKEGS_ROOT'] and not os.listdir(parent):
+          os.rmdir(parent)
+          parent = os.path.dirname(parent)
+
+    def match(self, patterns, limits=None):
+      root = os.environ['FAKEGS_ROOT']
+      return [MatchResult(p, [FileMetadata('fakegs://' + os.path.relpath(m.path, root),
+                                           m.size_in_bytes, m.last_updated_in_seconds)
+                              for m in r.metadata_list])
+              for p, r in zip(patterns, super().match([local(p) for p in patterns], limits))]
+
+  return FakeRemoteFileSystem
+
+
+@needs_beam
+def test_the_pipeline_writes_to_a_remote_file_system_and_resumes_there(tmp_path, monkeypatch):
+  _fake_remote_file_system()
+  monkeypatch.setenv('FAKEGS_ROOT', str(tmp_path / 'bucket'))
+  _write_corpus(tmp_path / 'corpus', num_docs=30)
+  spec = _cfg(tmp_path).corpus
+  _, flat = store_lib.prepare_data(_cfg(tmp_path))
+  in_process = ['--runner=DirectRunner']  # the fake file system lives in this process
+  mounted = tmp_path / 'bucket' / 'shards'
+
+  # Interrupted after the shards, before the index: a marker and the records remain.
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(prepare, '_finish_remote', killed)
+  with pytest.raises(KeyboardInterrupt):
+    prepare.tokenize(spec, 'fakegs://shards', val_fraction=0.2, num_shards=3,
+                     beam_args=in_process)
+  assert not (mounted / shards.INDEX_FILE).exists()
+  assert [p.name for p in mounted.glob('.build-*')] and len(list(mounted.glob('shards/*'))) == 3
+  written = {p: p.stat().st_mtime_ns for p in mounted.glob('shards/*')}
+  monkeypatch.undo()
+  monkeypatch.setenv('FAKEGS_ROOT', str(tmp_path / 'bucket'))
+  # The next run keeps every shard whose record was written and writes the index last.
+  index = prepare.tokenize(spec, 'fakegs://shards', val_fraction=0.2, num_shards=3,
+                           beam_args=in_process)
+  assert {p: p.stat().st_mtime_ns for p in mounted.glob('shards/*')} == written
+  assert sorted(p.name for p in mounted.iterdir()) == [
+      'doc_names.json', 'docs.npz', 'index.json', 'shards', 'token_bytes.npy', 'tokenizer.json']
+  made = shards.ShardedStore(mounted)  # read where the bucket is mounted
+  assert index['num_docs'] == made.num_docs == flat.num_docs
+  assert made.doc_names == flat.doc_names
+  np.testing.assert_array_equal(made.tokens[:], flat.tokens[:])
+  assert prepare.tokenize(spec, 'fakegs://shards', val_fraction=0.2, num_shards=3,
+                          beam_args=in_process)['build_key'] == index['build_key']
+  # A remote path with other files is refused, and training from a remote path says to mount.
+  (tmp_path / 'bucket' / 'other').mkdir()
+  (tmp_path / 'bucket' / 'other' / 'notes.txt').write_text('x')
+  with pytest.raises(UserError, match='holds files and no store of this build'):
+    prepare.tokenize(spec, 'fakegs://other', val_fraction=0.2, beam_args=in_process)
+  with pytest.raises(UserError, match='mount the bucket'):
+    store_lib.prepare_data(DataConfig(corpus='store:gs://b/shards', val_fraction=0.2))

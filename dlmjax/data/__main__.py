@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
       prepare.tokenize(args.source, args.out, tokenizer_dir=args.tokenizer,
                        val_fraction=args.val_fraction, num_shards=args.shards,
                        workers=args.workers, beam_args=beam_args)
-      print(info(args.out))
+      if not prepare.is_remote(args.out):
+        print(info(args.out))
     elif args.command == 'train-tokenizer':
       tok = prepare.train_tokenizer(args.source, args.out, vocab_size=args.vocab,
                                     val_fraction=args.val_fraction,

@@ -158,6 +158,9 @@ class ShardedStore(store_lib.Store):
   """A sharded store opened read-only; the attributes of `store.Store`, plus `index`."""
 
   def __init__(self, directory: str | os.PathLike, corpus: str = ''):
+    if '://' in os.fspath(directory):
+      raise UserError(f'{os.fspath(directory)!r}: a sharded store is read from a local or '
+                      f'mounted directory; mount the bucket (e.g. gcsfuse) and give its path')
     self.path = pathlib.Path(directory)
     index_file = self.path / INDEX_FILE
     if not index_file.is_file():

@@ -313,6 +313,8 @@ def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
 def _open_sharded(data_cfg) -> tuple[tokenizer_lib.Tokenizer, Store]:
   from dlmjax.data import shards
 
+  if '://' in data_cfg.corpus:
+    shards.ShardedStore(data_cfg.corpus.removeprefix('store:'))  # raises: mount it
   directory = pathlib.Path(os.path.expanduser(data_cfg.corpus.removeprefix('store:')))
   if not shards.is_sharded_store(directory):
     raise UserError(f'data.corpus={data_cfg.corpus!r}: {str(directory)!r} is not a sharded '
