@@ -39,7 +39,7 @@ test-eval: $(VENV)/.installed-eval
 # The extras' tests: the Hugging Face export against transformers ([hf]) and the lm-eval
 # adapter ([eval]), both pulling in CPU torch, and the Beam tokenization pipeline ([beam]).
 $(VENV)/.installed-extras: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf,beam,tfds]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,eval,hf,beam,tfds,seqio]'
 	@touch $@
 
 test-extras: $(VENV)/.installed-extras

@@ -81,7 +81,7 @@ class DataConfig:
   """Where the tokens come from and how they are budgeted, repeated and packed."""
 
   # stdlib | files:GLOB | jsonl:PATH:FIELD | parquet:GLOB:FIELD | tfds:DIR:SPLIT:FIELD |
-  # mix:W*SPEC|W*SPEC... | store:DIR (dlmjax/data/corpus.py)
+  # seqio:MODULE:TASK:SPLIT:FEATURE | mix:W*SPEC|W*SPEC... | store:DIR (dlmjax/data/corpus.py)
   corpus: str = 'stdlib'
   tokenizer: str = 'byte'  # byte | bpe (trained on the training split, saved with the run)
   bpe_vocab_size: int = 4096
@@ -477,9 +477,11 @@ def validate(cfg: Config) -> None:
            f'{cfg.mesh.expert} shards do not divide model.num_experts={m.num_experts}')
 
   _check(d.corpus == 'stdlib'
-         or d.corpus.startswith(('files:', 'jsonl:', 'parquet:', 'tfds:', 'mix:', 'store:')),
+         or d.corpus.startswith(('files:', 'jsonl:', 'parquet:', 'tfds:', 'seqio:', 'mix:',
+                                 'store:')),
          'data.corpus', f'{d.corpus!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, '
-         f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD, mix:W*SPEC|W*SPEC... or store:DIR')
+         f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD, seqio:MODULE:TASK:SPLIT:FEATURE, '
+         f'mix:W*SPEC|W*SPEC... or store:DIR')
   _one_of(d.tokenizer, 'data.tokenizer', ('byte', 'bpe'))
   _check(d.bpe_vocab_size >= 300, 'data.bpe_vocab_size', 'must be at least 300')
   _check(d.seq_len >= 2, 'data.seq_len', 'must be at least 2')

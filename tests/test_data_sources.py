@@ -204,3 +204,102 @@ def test_the_pipeline_tokenizes_a_tfds_mixture_like_the_flat_store(tmp_path, two
   largest = budget.train_split(flat, 0, 0).num_tokens
   assert largest < int(flat.doc_lengths[~flat.is_val].sum())
   assert f'largest unique budget: data.unique_tokens={largest}\n' in info(str(made.path)) + '\n'
+
+
+needs_seqio = pytest.mark.skipif(importlib.util.find_spec('seqio') is None,
+                                 reason="seqio is not installed: pip install -e '.[seqio]' "
+                                        "(make test-extras)")
+LINES = ['first line ünïcode', 'second line', '', 'third: x = 1', 'a fourth, longer line ' * 5]
+SEQIO_TASKS = '''
+import os
+import seqio
+
+HERE = os.path.dirname(__file__)
+for name in ('dlmjax_lines', 'dlmjax_lines_b', 'dlmjax_text', 'dlmjax_mix'):
+  seqio.TaskRegistry.remove(name)
+  seqio.MixtureRegistry.remove(name)
+for name in ('dlmjax_lines', 'dlmjax_lines_b'):
+  # A TextLine source, tokenized by the Task with its own (byte) vocabulary.
+  path = os.path.join(HERE, name + '.txt')
+  seqio.TaskRegistry.add(
+      name, source=seqio.TextLineDataSource({'train': path, 'validation': path}),
+      preprocessors=[lambda ds: ds.map(lambda line: {'targets': line}),
+                     seqio.preprocessors.tokenize],
+      output_features={'targets': seqio.Feature(seqio.ByteVocabulary(), add_eos=False)})
+seqio.MixtureRegistry.add('dlmjax_mix', [('dlmjax_lines', 3), ('dlmjax_lines_b', 1)])
+'''
+
+
+@pytest.fixture(scope='module')
+def seqio_module(tmp_path_factory):
+  """A module registering two TextLine Tasks and a 3:1 Mixture of them, importable from a
+  directory that is not on sys.path (as a user's tasks module is not in a pipeline's
+  workers); the Tasks are re-registered on import."""
+  directory = tmp_path_factory.mktemp('seqio')
+  (directory / 'dlmjax_lines.txt').write_text('\n'.join(LINES) + '\n')
+  (directory / 'dlmjax_lines_b.txt').write_text(
+      '\n'.join(f'b line {i} ' * (i + 1) for i in range(12)) + '\n')
+  (directory / 'dlmjax_seqio_tasks.py').write_text(SEQIO_TASKS)
+  import sys
+  sys.path.insert(0, str(directory))
+  yield 'dlmjax_seqio_tasks'
+  sys.path.remove(str(directory))
+
+
+@needs_seqio
+def test_a_seqio_task_is_a_corpus_of_its_preprocessed_examples_as_text(tmp_path, seqio_module,
+                                                                      capsys):
+  spec = f'seqio:{seqio_module}:dlmjax_lines:train:targets'
+  corpus = corpus_lib.open_corpus(spec)
+  docs = list(corpus.documents())
+  # The Task tokenized each line with its byte vocabulary; the corpus gives it back as text.
+  assert [(d.name, d.text) for d in docs] == [
+      (f'dlmjax_lines/train:{i}', t) for i, t in enumerate(LINES) if t]
+  assert "1 example(s) with an empty 'targets', skipped: dlmjax_lines/train:2" in \
+      capsys.readouterr().err
+  assert corpus.fingerprint() == corpus_lib.open_corpus(spec).fingerprint()
+  tok, store = store_lib.prepare_data(DataConfig(corpus=spec, cache_dir=str(tmp_path / 'c'),
+                                                 val_fraction=0.2))
+  assert [tok.decode(store.doc(i)[1:-1]) for i in range(store.num_docs)] == \
+      [d.text for d in docs]
+  for bad, message in (
+      (f'seqio:{seqio_module}:dlmjax_lines:test:targets', r"no split 'test' \(splits: train, "
+       r"validation\)"),
+      (f'seqio:{seqio_module}:dlmjax_lines:train:inputs', r"gives no feature 'inputs' "
+       r"\(features: targets, targets_pretokenized\)"),
+      (f'seqio:{seqio_module}:nothing:train:targets', "no seqio Task or Mixture 'nothing'"),
+      ('seqio:no_such_module:t:train:targets', "cannot import the module 'no_such_module'"),
+      (f'seqio:{seqio_module}:train:targets', 'expected seqio:MODULE:TASK:SPLIT:FEATURE'),
+      (f'mix:1*seqio:{seqio_module}:dlmjax_mix:train:targets|1*stdlib', 'is itself a mixture')):
+    with pytest.raises(UserError, match=message):
+      list(corpus_lib.open_corpus(bad).documents())
+
+
+@needs_seqio
+def test_a_seqio_mixture_is_a_weighted_mixture_of_its_tasks_at_its_rates(tmp_path,
+                                                                        seqio_module):
+  spec = f'seqio:{seqio_module}:dlmjax_mix:train:targets'
+  tasks = [f'seqio:{seqio_module}:dlmjax_lines:train:targets',
+           f'seqio:{seqio_module}:dlmjax_lines_b:train:targets']
+  assert corpus_lib.mixture_sources(spec) == [(0.75, tasks[0]), (0.25, tasks[1])]
+  store = _mixed(tmp_path, spec)
+  # The same documents and budgets as the mix: spec of the two Tasks at 3:1.
+  same = _mixed(tmp_path, f'mix:3*{tasks[0]}|1*{tasks[1]}')
+  assert store.doc_names == same.doc_names
+  u = budget.train_split(store, 0, 0).num_tokens
+  split = budget.train_split(store, u, 0)
+  np.testing.assert_array_equal(split.doc_ids, budget.train_split(same, u, 0).doc_ids)
+  assert abs(_source_tokens(store, split, tasks[0]) - 0.75 * u) <= store.doc_lengths.max()
+
+
+@needs_seqio
+@needs_beam
+def test_the_pipeline_tokenizes_a_seqio_mixture_in_worker_processes(tmp_path, seqio_module):
+  from dlmjax.data import prepare
+
+  spec = f'seqio:{seqio_module}:dlmjax_mix:train:targets'
+  flat = _mixed(tmp_path, spec)
+  # Two worker processes, whose sys.path lacks the tasks module's directory.
+  made = prepare.tokenize(spec, tmp_path / 'shards', val_fraction=0.1, workers=2)
+  assert made.doc_names == flat.doc_names
+  np.testing.assert_array_equal(made.tokens[:], flat.tokens[:])

@@ -8,7 +8,8 @@ the budget is the first U tokens of that order, the last document cut so the cou
 exact. A smaller budget is therefore a prefix of a larger one: growing U only adds data, which
 is what makes runs along the unique-token axis of a grid comparable.
 
-A weighted mixture (`data.corpus=mix:W*SPEC|...`, dlmjax/data/corpus.py) keeps both
+A weighted mixture (`data.corpus=mix:W*SPEC|...` or a seqio Mixture at its rates,
+dlmjax/data/corpus.py) keeps both
 properties and adds a third: every prefix of the order holds each source in proportion to its
 weight, in tokens, to within one document. Each source's training documents get their own
 seeded order, and the sources are interleaved by where each document starts in its source's
@@ -130,7 +131,7 @@ def _mixture_order(store: Store, train_ids: np.ndarray, weights: dict[str, float
   # (the weights sum to 1); past the first source's end, ends[first], the others would run
   # on alone. A prefix of `available` tokens ends at or before that position.
   available = int(ends[first])
-  spec = corpus_lib.parse_mixture(store.source_spec)[first][1]
+  spec = corpus_lib.mixture_sources(store.source_spec)[first][1]
   short = (f'source {first + 1} ({spec!r}, {int(ends[first] * weights[labels[first]])} '
            f'training tokens at weight {weights[labels[first]]:.3g})')
   return ids[merged], available, short

@@ -5,6 +5,7 @@
     corpus = open_corpus('jsonl:web.jsonl:text')  # one document per line, field `text`
     corpus = open_corpus('parquet:web/*.parquet:text')  # one document per row, column `text`
     corpus = open_corpus('tfds:~/tensorflow_datasets/c4/en/3.0.1:train:text')  # a prepared TFDS
+    corpus = open_corpus('seqio:my_tasks:c4_v220:train:targets')  # a seqio Task or Mixture
     corpus = open_corpus('mix:0.7*parquet:web/*.parquet:text|0.3*stdlib')  # weighted mixture
     for doc in corpus.documents(): ...
 
@@ -483,6 +484,147 @@ def _tfds_corpus(spec: str, rest: str) -> TfdsCorpus:
   return TfdsCorpus(spec, path, split, field)
 
 
+class SeqioCorpus(Corpus):
+  """One document per example of a registered seqio Task (seqio, the [seqio] extra): the
+  Task's dataset for split `split` through all its preprocessors, unshuffled, one epoch;
+  the feature `feature` as text, named `TASK/SPLIT:INDEX`. A feature the Task tokenized is
+  turned back into text by the Task's own vocabulary (`Feature.vocabulary.decode`), so that
+  every source of a study is tokenized by one tokenizer, `data.tokenizer`, and a unique
+  budget counts the same tokens whatever the source. `module` is imported first (it
+  registers the Task, as T5X's MIXTURE_OR_TASK_MODULE does). A Mixture opens as the
+  weighted mixture of its Tasks at its rates (`open_corpus`). The fingerprint reads every
+  document (a seqio source has no content hash of its own)."""
+
+  def __init__(self, spec: str, module: str, path: str | None, task: str, split: str,
+               feature: str):
+    self.spec = spec
+    self.module, self.path, self.task, self.split_name, self.feature = (
+        module, path, task, split, feature)
+
+  def provider(self):
+    return _seqio_provider(self.spec, self.module, self.path, self.task)
+
+  def documents(self) -> Iterator[Document]:
+    task = self.provider()
+    if self.split_name not in task.splits:
+      raise UserError(f'data.corpus={self.spec!r}: Task {self.task!r} has no split '
+                      f'{self.split_name!r} (splits: {", ".join(sorted(task.splits))})')
+    vocab = (task.output_features[self.feature].vocabulary
+             if self.feature in task.output_features else None)
+    dataset = task.get_dataset(sequence_length=None, split=self.split_name, shuffle=False,
+                               num_epochs=1, use_cached=False)
+    skipped, replaced = [], []
+    self.odd = {f'example(s) with an empty {self.feature!r}, skipped': skipped,
+                f'example(s) not UTF-8 in {self.feature!r}, undecodable bytes replaced':
+                    replaced}
+    for i, example in enumerate(dataset.as_numpy_iterator()):
+      name = f'{self.task}/{self.split_name}:{i}'
+      if self.feature not in example:
+        raise UserError(f'data.corpus={self.spec!r}: Task {self.task!r} gives no feature '
+                        f'{self.feature!r} (features: {", ".join(sorted(example))})')
+      value = example[self.feature]
+      if isinstance(value, bytes):
+        try:
+          text = value.decode('utf-8')
+        except UnicodeDecodeError:
+          text = value.decode('utf-8', errors='replace')
+          replaced.append(name)
+      elif getattr(value, 'dtype', None) is not None and value.dtype.kind in 'iu' and vocab:
+        text = vocab.decode(value.tolist())
+      else:
+        raise UserError(f'data.corpus={self.spec!r}: feature {self.feature!r} of Task '
+                        f'{self.task!r} is neither text nor token ids of its vocabulary')
+      if _is_empty(text):
+        skipped.append(name)
+      else:
+        yield Document(name, text)
+    if self.report:
+      report_odd(self.spec, self.odd)
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(b'dlmjax-seqio-v1\0')
+    report, self.report = self.report, False
+    try:
+      for d in self.documents():
+        h.update(f'{d.name}\0{len(d.text)}\0'.encode())
+        h.update(d.text.encode('utf-8'))
+    finally:
+      self.report = report
+    return h.hexdigest()
+
+
+def _seqio_provider(spec: str, module: str, path: str | None, name: str):
+  """The registered seqio Task or Mixture `name`, `module` imported first (from `path`, the
+  directory it was found under when the spec was opened, for a pipeline's workers)."""
+  import importlib
+
+  # TensorFlow, which seqio runs on, must neither log at length nor take the accelerators
+  # JAX trains on.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  try:
+    import seqio
+    import tensorflow as tf
+  except ImportError:
+    raise UserError(f"data.corpus={spec!r}: a seqio source needs seqio: pip install -e "
+                    f"'.[seqio]'") from None
+  tf.config.set_visible_devices([], 'GPU')
+  if path and path not in sys.path:
+    sys.path.append(path)
+  try:
+    importlib.import_module(module)
+  except ImportError as e:
+    raise UserError(f'data.corpus={spec!r}: cannot import the module {module!r} that '
+                    f'registers the Task ({e})') from None
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    raise UserError(f'data.corpus={spec!r}: no seqio Task or Mixture {name!r} is registered '
+                    f'by {module!r}') from None
+
+
+def _seqio_parts(spec: str) -> tuple[str, str | None, str, str, str]:
+  import importlib.util
+
+  parts = spec.removeprefix('seqio:').split(':')
+  if len(parts) != 4 or not all(parts):
+    raise UserError(f'data.corpus={spec!r}: expected seqio:MODULE:TASK:SPLIT:FEATURE (MODULE '
+                    f'registers the Task or Mixture)')
+  module = parts[0]
+  try:
+    found = importlib.util.find_spec(module.split('.')[0])
+  except (ImportError, ValueError):
+    found = None
+  path = None
+  if found is not None and found.origin:
+    # The directory holding the top-level module or package, for workers whose sys.path
+    # lacks it (e.g. the current directory of the command).
+    origin = pathlib.Path(found.origin)
+    path = str(origin.parent.parent if origin.name == '__init__.py' else origin.parent)
+  return module, path, *parts[1:]
+
+
+def _seqio_sources(spec: str) -> list[tuple[float, str]] | None:
+  """A seqio Mixture's [(rate share, Task spec)], or None for a Task."""
+  module, path, name, split, feature = _seqio_parts(spec)
+  provider = _seqio_provider(spec, module, path, name)
+  tasks = getattr(provider, 'tasks', None)
+  if not hasattr(provider, 'get_rate') or not tasks:
+    return None
+  rates = [float(provider.get_rate(t)) for t in tasks]
+  total = sum(rates)
+  return [(r / total, f'seqio:{module}:{t.name}:{split}:{feature}')
+          for r, t in zip(rates, tasks) if r > 0]
+
+
+def _seqio_corpus(spec: str) -> Corpus:
+  module, path, name, split, feature = _seqio_parts(spec)
+  sources = _seqio_sources(spec)
+  if sources is None:
+    return SeqioCorpus(spec, module, path, name, split, feature)
+  return MixtureCorpus(spec, [(w, SeqioCorpus(s, module, path, *s.split(':')[2:]))
+                              for w, s in sources])
+
+
 class _Labelled(Corpus):
   """A mixture's source (or a piece of it): its documents renamed LABEL/NAME."""
 
@@ -590,20 +732,34 @@ class MixtureCorpus(Corpus):
 
 
 def _mixture_corpus(spec: str) -> MixtureCorpus:
-  return MixtureCorpus(spec, [(w, open_corpus(s)) for w, s in parse_mixture(spec)])
+  sources = [(w, open_corpus(s)) for w, s in parse_mixture(spec)]
+  for _, c in sources:
+    if isinstance(c, MixtureCorpus):
+      raise UserError(f'data.corpus={spec!r}: {c.spec!r} is itself a mixture; list its tasks '
+                      f'in the mix instead')
+  return MixtureCorpus(spec, sources)
+
+
+def mixture_sources(spec: str) -> list[tuple[float, str]] | None:
+  """[(weight, source spec)] of a mixture (`mix:` or a seqio Mixture), the weights summing
+  to 1; None for a single source."""
+  if spec.startswith('mix:'):
+    return parse_mixture(spec)
+  if spec.startswith('seqio:'):
+    return _seqio_sources(spec)
+  return None
 
 
 def mixture_weights(spec: str) -> dict[str, float] | None:
   """{document-name label: weight} of a mixture spec, or None for a single source."""
-  if not spec.startswith('mix:'):
-    return None
-  return {mixture_label(s): w for w, s in parse_mixture(spec)}
+  sources = mixture_sources(spec)
+  return None if sources is None else {mixture_label(s): w for w, s in sources}
 
 
 def open_corpus(spec: str) -> Corpus:
   """The corpus named by `spec`: `stdlib`, `files:GLOB`, `jsonl:PATH:FIELD`,
-  `parquet:GLOB:FIELD`, `tfds:DIR:SPLIT:FIELD` or a weighted mixture of these,
-  `mix:W*SPEC|W*SPEC...`.
+  `parquet:GLOB:FIELD`, `tfds:DIR:SPLIT:FIELD`, `seqio:MODULE:TASK:SPLIT:FEATURE` (a Task or
+  Mixture) or a weighted mixture of these, `mix:W*SPEC|W*SPEC...`.
 
   Raises UserError naming the spec when it is malformed or matches nothing.
   """
@@ -618,7 +774,10 @@ def open_corpus(spec: str) -> Corpus:
     return _parquet_corpus(spec, rest)
   if sep and kind == 'tfds':
     return _tfds_corpus(spec, rest)
+  if sep and kind == 'seqio':
+    return _seqio_corpus(spec)
   if sep and kind == 'mix':
     return _mixture_corpus(spec)
   raise UserError(f'data.corpus={spec!r} is not stdlib, files:GLOB, jsonl:PATH:FIELD, '
-                  f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD or mix:W*SPEC|W*SPEC...')
+                  f'parquet:GLOB:FIELD, tfds:DIR:SPLIT:FIELD, seqio:MODULE:TASK:SPLIT:FEATURE '
+                  f'or mix:W*SPEC|W*SPEC...')
