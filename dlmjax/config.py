@@ -95,6 +95,9 @@ class DataConfig:
   order_seed: int = 0  # document order that makes budgets nested; not the run seed
   cache_dir: str = ''  # token stores; '': $DLMJAX_CACHE or ~/.cache/dlmjax
   prefetch: int = 2  # batches prepared ahead of the train step
+  # 0: one background thread computes them; N: N worker processes (grain's mp_prefetch), each
+  # `prefetch` batches ahead. The thread serves 6.7M tokens/s at L=2048 (docs/benchmarks.md).
+  prefetch_workers: int = 0
 
 
 @dataclasses.dataclass
@@ -491,6 +494,9 @@ def validate(cfg: Config) -> None:
   _check(0.0 < d.tokenizer_fraction < 1.0 - d.val_fraction, 'data.tokenizer_fraction',
          f'must be in (0, 1 - data.val_fraction={d.val_fraction})')
   _check(d.prefetch >= 0, 'data.prefetch', 'must be >= 0')
+  _check(d.prefetch_workers >= 0, 'data.prefetch_workers', 'must be >= 0 (0: a thread)')
+  _check(not d.prefetch_workers or d.prefetch >= 1, 'data.prefetch',
+         'must be >= 1 with data.prefetch_workers')
 
   _check(0.0 <= cfg.ar.input_mask_rate < 1.0, 'ar.input_mask_rate', 'must be in [0, 1)')
   _check(cfg.ar.param_noise_std >= 0.0, 'ar.param_noise_std', 'must be >= 0')

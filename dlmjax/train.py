@@ -334,7 +334,8 @@ def run(cfg: Config) -> dict:
   data = pipeline.train_data(
       train_split, seq_len=cfg.data.seq_len, global_batch=cfg.train.batch_size,
       epochs=cfg.data.epochs, seed=cfg.seed, steps=cfg.train.steps,
-      process_index=shard, process_count=num_shards, prefetch=cfg.data.prefetch)
+      process_index=shard, process_count=num_shards, prefetch=cfg.data.prefetch,
+      prefetch_workers=cfg.data.prefetch_workers)
   num_steps = data.num_steps
 
   if jax.process_index() == 0:

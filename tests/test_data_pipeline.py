@@ -140,6 +140,29 @@ def test_grain_iterator_resumes_from_saved_state_exactly(store):
     assert all((got[k] == want[k]).all() for k in want)
 
 
+def test_worker_processes_give_the_threads_batches_and_resume_from_either_state(store):
+  split = train_split(store, 0, order_seed=0)
+  kwargs = dict(seq_len=16, global_batch=4, epochs=3, seed=5, prefetch=2)
+  threaded = pipeline.TrainData(split, **kwargs)
+  workers = pipeline.TrainData(split, prefetch_workers=2, **kwargs)
+  want = list(threaded.iterator())
+  it = workers.iterator()
+  got = [next(it) for _ in range(9)]
+  for g, w in zip(got, want):
+    assert all((g[k] == w[k]).all() for k in w)
+  # The state is the threaded iterator's: a checkpoint of one resumes the other.
+  state = json.loads(json.dumps(it.get_state()))
+  assert state == {'next_index': 9}
+  resumed = threaded.iterator()
+  resumed.set_state(state)
+  batch = next(resumed)
+  assert all((batch[k] == want[9][k]).all() for k in want[9])
+  other = workers.iterator()
+  other.set_state({'next_index': len(want) - 2})
+  rest = list(other)
+  assert len(rest) == 2 and all((rest[1][k] == want[-1][k]).all() for k in want[-1])
+
+
 def test_given_steps_continue_the_stream_into_further_epochs_without_padding(store):
   split = train_split(store, 100, order_seed=0)
   data = pipeline.TrainData(split, seq_len=8, global_batch=2, epochs=1.0, seed=0, steps=40)

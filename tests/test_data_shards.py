@@ -130,6 +130,14 @@ def test_nested_budgets_hosts_and_resume_on_a_sharded_store(both):
   resumed.set_state(state)
   for tokens in rest:
     np.testing.assert_array_equal(next(resumed)['tokens'], tokens)
+  # Worker processes (data.prefetch_workers) open the shards themselves and give the same
+  # batches from the same state.
+  workers = pipeline.TrainData(large, seq_len=16, global_batch=4, epochs=2, seed=0,
+                               prefetch_workers=2)
+  it = workers.iterator()
+  it.set_state(state)
+  for tokens in rest:
+    np.testing.assert_array_equal(next(it)['tokens'], tokens)
 
 
 def test_data_corpus_store_opens_it_and_names_a_mismatched_key(both, tmp_path):

@@ -68,6 +68,14 @@ class PackedStream:
     # prefetch threads work on neighbouring batches; eight epochs cover both cases.
     self._epoch = functools.lru_cache(maxsize=8)(self._epoch_uncached)
 
+  def __getstate__(self) -> dict:
+    # For worker processes: each builds its own cache of epochs.
+    return {k: v for k, v in self.__dict__.items() if k != '_epoch'}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._epoch = functools.lru_cache(maxsize=8)(self._epoch_uncached)
+
   def _epoch_uncached(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """(cum_N1, starts_N): token offset of each document within the epoch (with the total
     appended) and the store offset of each document's first token, in epoch order."""
@@ -146,7 +154,10 @@ class TrainData:
     seed: the run seed; epoch e's order is seeded by (seed, e).
     steps: 0 derives ceil(round(U * E) / (B * L)); otherwise exactly `steps` full batches.
     process_index, process_count: p and P; this process reads rows [p B/P, (p+1) B/P).
-    prefetch: batches prepared ahead by a background thread (0: computed on `next`).
+    prefetch: batches prepared ahead by a background thread (0: computed on `next`), or by
+      each worker process with `prefetch_workers`.
+    prefetch_workers: 0, or that many worker processes computing batches ahead (grain's
+      `mp_prefetch`); the batches and the iterator state are the same either way.
 
   Attributes: num_steps, total_tokens, tokens_per_batch (B * L, all processes),
     rows_per_process, unique_tokens (U).
@@ -154,7 +165,7 @@ class TrainData:
 
   def __init__(self, split: Split, *, seq_len: int, global_batch: int, epochs: float,
                seed: int, steps: int = 0, process_index: int = 0, process_count: int = 1,
-               prefetch: int = 2):
+               prefetch: int = 2, prefetch_workers: int = 0):
     if global_batch % process_count:
       raise UserError(f'train.batch_size={global_batch} is not divisible by the '
                       f'{process_count} processes')
@@ -168,6 +179,7 @@ class TrainData:
     self.process_index = process_index
     self.process_count = process_count
     self.prefetch = prefetch
+    self.prefetch_workers = prefetch_workers
     self.unique_tokens = split.num_tokens
     self.tokens_per_batch = global_batch * seq_len
     self.rows_per_process = global_batch // process_count
@@ -194,8 +206,10 @@ class TrainData:
     """`grain.MapDataset` of the `num_steps` batches (random access by step)."""
     return grain.MapDataset.range(self.num_steps).map(self.batch)
 
-  def iterator(self) -> grain.DatasetIterator:
+  def iterator(self) -> grain.DatasetIterator | WorkerPrefetch:
     """A fresh grain iterator from step 0; `set_state(state)` moves it to a saved step."""
+    if self.prefetch_workers:
+      return WorkerPrefetch(self, self.prefetch_workers, self.prefetch)
     # One thread: a batch costs tens of microseconds, so more threads only add contention
     # for the GIL with the train loop on a 2-core machine.
     options = grain.ReadOptions(num_threads=1 if self.prefetch else 0,
@@ -205,6 +219,44 @@ class TrainData:
   def epoch_of_step(self, step: int) -> float:
     """Epochs of the budget seen after `step` steps (training tokens seen / U)."""
     return min(step * self.tokens_per_batch, self.total_tokens) / self.unique_tokens
+
+
+class WorkerPrefetch:
+  """TrainData's batches computed ahead in worker processes by grain's `mp_prefetch`, in
+  step order. Its state is the threaded iterator's, {'next_index': step}: a batch is a pure
+  function of its step, so resuming starts the workers at that step, and a checkpoint moves
+  between the two kinds of iterator and any number of workers."""
+
+  def __init__(self, data: TrainData, workers: int, buffer: int):
+    self._data, self._workers, self._buffer = data, workers, buffer
+    self._start(0)
+
+  def _start(self, step: int) -> None:
+    from absl import flags
+
+    # grain's workers read absl flags (defaults here), which a program not run by
+    # absl.app never parses.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    dataset = grain.MapDataset.range(step, self._data.num_steps).map(self._data.batch)
+    options = grain.MultiprocessingOptions(num_workers=self._workers,
+                                           per_worker_buffer_size=self._buffer)
+    self._it = iter(dataset.to_iter_dataset().mp_prefetch(options))
+    self._next = step
+
+  def __iter__(self) -> WorkerPrefetch:
+    return self
+
+  def __next__(self) -> Batch:
+    batch = next(self._it)
+    self._next += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'next_index': self._next}
+
+  def set_state(self, state: dict) -> None:
+    self._start(int(state['next_index']))
 
 
 def train_data(split: Split, **kwargs) -> TrainData:

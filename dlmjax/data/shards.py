@@ -106,6 +106,13 @@ class ShardTokens:
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
 
+  def __getstate__(self) -> dict:
+    # For worker processes (data.prefetch_workers): each opens the shards itself.
+    return {'paths': self._paths, 'doc_starts': self.doc_starts, 'dtype': self.dtype}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state['paths'], state['doc_starts'], state['dtype'].newbyteorder('='))
+
   def __len__(self) -> int:
     return int(self.doc_starts[-1])
 

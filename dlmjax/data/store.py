@@ -143,6 +143,11 @@ class TokenStore(Store):
     self.token_bytes = np.load(self.path / 'token_bytes.npy')
     self.doc_names = json.loads((self.path / 'doc_names.json').read_text(encoding='utf-8'))
 
+  def __reduce__(self):
+    # Reopened, not copied, in a worker process (data.prefetch_workers): pickling the memmap
+    # would copy every token.
+    return TokenStore, (self.path, self.corpus)
+
   def __repr__(self) -> str:
     return (f'TokenStore({self.corpus!r}, {self.num_docs} docs, {self.num_tokens} tokens, '
             f'{int(self.is_val.sum())} held out, {int(self.is_tokenizer.sum())} for the '
