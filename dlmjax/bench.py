@@ -205,11 +205,10 @@ def bench_tokenize(corpus_spec: str, tokenizer: str, workers: int) -> dict:
   single-process flat store and by the Beam pipeline (dlmjax/data/prepare.py) with 1 and
   `workers` DirectRunner processes, each one core, on the same corpus; then the loader's
   tokens/s per host from the shards at L = 2048 with packing (B = 64, two prefetched
-  batches), and its resident memory at the end of each of three epochs. `tokenizer`: bpe
+  batches), and its resident memory at the end of each of three epochs, then the same
+  through `workers` worker processes (data.prefetch_workers). `tokenizer`: bpe
   (a 4096-id BPE trained first by `train_tokenizer`), byte, or a tokenizer directory."""
   import importlib.util
-
-  import psutil
 
   if importlib.util.find_spec('apache_beam') is None:
     return {'skipped': "needs the [beam] extra: pip install -e '.[beam]'"}
@@ -248,21 +247,33 @@ def bench_tokenize(corpus_spec: str, tokenizer: str, workers: int) -> dict:
       out[f'beam_mb_per_s_w{w}'] = mb / (time.perf_counter() - t0)
     out['beam_scaling'] = out[f'beam_mb_per_s_w{workers}'] / out['beam_mb_per_s_w1']
     split = budget.train_split(sharded, 0, 0)
-    steps_per_epoch = -(-split.num_tokens // (64 * 2048))
-    data = pipeline.TrainData(split, seq_len=2048, global_batch=64, epochs=3, seed=0,
-                              steps=3 * steps_per_epoch + 1)  # the first batch is not timed
-    proc = psutil.Process()
-    it = data.iterator()
-    next(it)
-    rss, n, t0 = [], 0, time.perf_counter()
-    for read in range(2, data.num_steps + 1):  # batches read so far
-      n += next(it)['tokens'].size
-      if read % steps_per_epoch == 0 and len(rss) < 3:
-        rss.append(proc.memory_info().rss / 2**20)
-    out['loader_tokens_per_s'] = n / (time.perf_counter() - t0)
-    out['loader_rss_mb_by_epoch'] = [round(r, 1) for r in rss]
+    out['loader_tokens_per_s'], out['loader_rss_mb_by_epoch'] = _time_loader(split, 0)
+    out['loader_workers_tokens_per_s'], _ = _time_loader(split, workers)
     out['shards'] = len(sharded.index['shards'])
   return out
+
+
+def _time_loader(split, prefetch_workers: int) -> tuple[float, list[float]]:
+  """Tokens/s of three epochs of `split` at L = 2048, B = 64 through the training iterator
+  (a prefetching thread, or `prefetch_workers` worker processes), and this process's
+  resident memory at the end of each epoch."""
+  import psutil
+
+  steps_per_epoch = -(-split.num_tokens // (64 * 2048))
+  data = pipeline.TrainData(split, seq_len=2048, global_batch=64, epochs=3, seed=0,
+                            steps=3 * steps_per_epoch + 1,  # the first batch is not timed
+                            prefetch_workers=prefetch_workers)
+  proc = psutil.Process()
+  it = data.iterator()
+  next(it)
+  rss, n, t0 = [], 0, time.perf_counter()
+  for read in range(2, data.num_steps + 1):  # batches read so far
+    n += next(it)['tokens'].size
+    if read % steps_per_epoch == 0 and len(rss) < 3:
+      rss.append(round(proc.memory_info().rss / 2**20, 1))
+  seconds = time.perf_counter() - t0
+  it.close()
+  return n / seconds, rss
 
 
 def machine() -> dict:

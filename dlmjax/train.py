@@ -525,6 +525,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         save(step, last_metrics)
       if stopping and step < num_steps:
         save(step, last_metrics)
+        iterator.close()
         ckpt.close()
         log.close()
         progress.close()
@@ -533,6 +534,7 @@ def _train(cfg, rd, tokenizer, train_split, val_split, data, mesh, num_steps, t_
         return {'status': 'interrupted', 'step': step}
 
   save(num_steps, last_metrics)
+  iterator.close()  # the prefetching thread or worker processes (data.prefetch_workers)
   evals = training_evals(rd.evals)
   final = evals[-1]
   best = min(evals, key=lambda r: r['val_loss'])

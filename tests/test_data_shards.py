@@ -367,7 +367,7 @@ def test_the_bench_data_section_measures_both_stores_and_the_loader(tmp_path):
   _write_corpus(tmp_path / 'corpus', num_docs=30)
   res = bench.bench_tokenize(_cfg(tmp_path).corpus, 'byte', workers=2)
   for key in ('store_mb_per_s', 'beam_mb_per_s_w1', 'beam_mb_per_s_w2', 'beam_scaling',
-              'loader_tokens_per_s'):
+              'loader_tokens_per_s', 'loader_workers_tokens_per_s'):
     assert res[key] > 0, key
   assert len(res['loader_rss_mb_by_epoch']) == 3
   text = bench.to_markdown({**bench.machine(), 'data': res})

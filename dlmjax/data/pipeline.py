@@ -234,6 +234,7 @@ class WorkerPrefetch:
   def _start(self, step: int) -> None:
     from absl import flags
 
+    self.close()
     # grain's workers read absl flags (defaults here), which a program not run by
     # absl.app never parses.
     if not flags.FLAGS.is_parsed():
@@ -243,6 +244,12 @@ class WorkerPrefetch:
                                            per_worker_buffer_size=self._buffer)
     self._it = iter(dataset.to_iter_dataset().mp_prefetch(options))
     self._next = step
+
+  def close(self) -> None:
+    """Stops the workers and frees the batches they hold in shared memory."""
+    it, self._it = getattr(self, '_it', None), None
+    if it is not None:
+      it.close()
 
   def __iter__(self) -> WorkerPrefetch:
     return self
