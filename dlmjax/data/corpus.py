@@ -347,13 +347,19 @@ class ParquetCorpus(Corpus):
                           self.field, units[i:i + size]) for i in range(0, len(units), size)]
 
 
-def _pyarrow_parquet(spec: str):
+def _optional(spec: str, module: str, what: str, extra: str):
+  """`module`, imported, or a UserError naming the extra that installs it."""
+  import importlib
+
   try:
-    import pyarrow.parquet as pq
+    return importlib.import_module(module)
   except ImportError:
-    raise UserError(f"data.corpus={spec!r}: reading parquet needs pyarrow: pip install -e "
-                    f"'.[beam]'") from None
-  return pq
+    raise UserError(f"data.corpus={spec!r}: {what} needs {module.split('.')[0]}: pip install "
+                    f"-e '.[{extra}]'") from None
+
+
+def _pyarrow_parquet(spec: str):
+  return _optional(spec, 'pyarrow.parquet', 'reading parquet', 'beam')
 
 
 def _parquet_corpus(spec: str, rest: str) -> ParquetCorpus:
@@ -464,12 +470,7 @@ class TfdsCorpus(Corpus):
 
 
 def _tfds(spec: str):
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError:
-    raise UserError(f"data.corpus={spec!r}: reading a TFDS dataset needs tensorflow-datasets: "
-                    f"pip install -e '.[tfds]'") from None
-  return tfds
+  return _optional(spec, 'tensorflow_datasets', 'reading a TFDS dataset', 'tfds')
 
 
 def _tfds_corpus(spec: str, rest: str) -> TfdsCorpus:
@@ -561,13 +562,8 @@ def _seqio_provider(spec: str, module: str, path: str | None, name: str):
   # TensorFlow, which seqio runs on, must neither log at length nor take the accelerators
   # JAX trains on.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  try:
-    import seqio
-    import tensorflow as tf
-  except ImportError:
-    raise UserError(f"data.corpus={spec!r}: a seqio source needs seqio: pip install -e "
-                    f"'.[seqio]'") from None
-  tf.config.set_visible_devices([], 'GPU')
+  seqio = _optional(spec, 'seqio', 'a seqio source', 'seqio')
+  _optional(spec, 'tensorflow', 'a seqio source', 'seqio').config.set_visible_devices([], 'GPU')
   if path and path not in sys.path:
     sys.path.append(path)
   try:
