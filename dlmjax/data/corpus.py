@@ -113,6 +113,23 @@ def _is_empty(text: str) -> bool:
   return not text.strip()
 
 
+def _example_odd(field: str) -> tuple[dict[str, list[str]], list[str], list[str]]:
+  """`Corpus.odd` of a dataset of examples, and its lists of skipped and repaired examples."""
+  skipped, replaced = [], []
+  return ({f'example(s) with an empty {field!r}, skipped': skipped,
+           f'example(s) not UTF-8 in {field!r}, undecodable bytes replaced': replaced},
+          skipped, replaced)
+
+
+def _utf8(value: bytes, name: str, replaced: list[str]) -> str:
+  """`value` as text; undecodable bytes replaced by U+FFFD, and `name` noted in `replaced`."""
+  try:
+    return value.decode('utf-8')
+  except UnicodeDecodeError:
+    replaced.append(name)
+    return value.decode('utf-8', errors='replace')
+
+
 class FilesCorpus(Corpus):
   """Files under a root directory, one document each, named by their relative posix path."""
 
@@ -427,20 +444,14 @@ class TfdsCorpus(Corpus):
 
   def documents(self) -> Iterator[Document]:
     source, rows = self.source(), self._range()
-    skipped, replaced = [], []
-    self.odd = {f'example(s) with an empty {self.field!r}, skipped': skipped,
-                f'example(s) not UTF-8 in {self.field!r}, undecodable bytes replaced': replaced}
+    self.odd, skipped, replaced = _example_odd(self.field)
     for lo in range(rows.start, rows.stop, self._BLOCK):
       block = range(lo, min(lo + self._BLOCK, rows.stop))
       for i, example in zip(block, source.__getitems__(list(block))):
         name = f'{self.name}/{self.split_name}:{i}'
         value = example[self.field]
         if isinstance(value, bytes):
-          try:
-            value = value.decode('utf-8')
-          except UnicodeDecodeError:
-            value = value.decode('utf-8', errors='replace')
-            replaced.append(name)
+          value = _utf8(value, name, replaced)
         if _is_empty(value):
           skipped.append(name)
         else:
@@ -514,10 +525,7 @@ class SeqioCorpus(Corpus):
              if self.feature in task.output_features else None)
     dataset = task.get_dataset(sequence_length=None, split=self.split_name, shuffle=False,
                                num_epochs=1, use_cached=False)
-    skipped, replaced = [], []
-    self.odd = {f'example(s) with an empty {self.feature!r}, skipped': skipped,
-                f'example(s) not UTF-8 in {self.feature!r}, undecodable bytes replaced':
-                    replaced}
+    self.odd, skipped, replaced = _example_odd(self.feature)
     for i, example in enumerate(dataset.as_numpy_iterator()):
       name = f'{self.task}/{self.split_name}:{i}'
       if self.feature not in example:
@@ -525,11 +533,7 @@ class SeqioCorpus(Corpus):
                         f'{self.feature!r} (features: {", ".join(sorted(example))})')
       value = example[self.feature]
       if isinstance(value, bytes):
-        try:
-          text = value.decode('utf-8')
-        except UnicodeDecodeError:
-          text = value.decode('utf-8', errors='replace')
-          replaced.append(name)
+        text = _utf8(value, name, replaced)
       elif getattr(value, 'dtype', None) is not None and value.dtype.kind in 'iu' and vocab:
         text = vocab.decode(value.tolist())
       else:
