@@ -215,6 +215,20 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out['state'], out['data'], out['meta']
 
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """The parameters of `step` alone, onto the shardings and dtypes of `abstract_params`
+    (orbax's partial restore: the optimizer state is neither read nor described)."""
+    problem = self.verify(step)
+    if problem is not None:
+      raise CorruptCheckpoint(step, self.directory, problem)
+    item = {'params': abstract_params}
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding,
+                                                               dtype=a.dtype), item)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                     partial_restore=True)))
+    return out['state']['params']
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
     self._seal_finished()

@@ -45,7 +45,7 @@ class Run:
   """A run directory opened for inference at its latest (or a given) checkpoint."""
 
   def __init__(self, run_dir: str | pathlib.Path, step: int | None = None):
-    from dlmjax.train import Trainer  # the train state layout lives there
+    from dlmjax.train import abstract_params  # the parameters' layout lives there
 
     self.dir = RunDir(run_dir)
     if not self.dir.config.is_file():
@@ -58,8 +58,10 @@ class Run:
     if export.is_export(self.dir.path) and not self.dir.checkpoints.is_dir():
       # A Hugging Face export (`python -m dlmjax.export`): the same parameters, bit for bit.
       self.step = json.loads((self.dir.path / 'export.json').read_text())['step']
-      trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
-      abstract = trainer.abstract_state['params']
+      if step is not None and step != self.step:
+        raise UserError(f'{self.dir.path} is an export of step {self.step}; it holds no '
+                        f'step {step}')
+      graphdef, abstract_state, abstract = abstract_params(self.config, mesh)
       loaded = export.load_params(self.dir.path, self.config)
       if jax.tree.structure(loaded) != jax.tree.structure(abstract):
         raise UserError(f'{self.dir.path / export.WEIGHTS} does not hold the parameters its '
@@ -71,12 +73,12 @@ class Run:
       self.step = step if step is not None else ckpt.latest_step()
       if self.step is None:
         raise UserError(f'{self.dir.path} has no checkpoint yet')
-      trainer = Trainer(self.config, mesh, num_steps=max(self.step, 1))
-      state, _, _ = ckpt.restore(self.step, trainer.abstract_state)
+      # The parameters alone: no optimizer is built and its state is not read.
+      graphdef, abstract_state, abstract = abstract_params(self.config, mesh)
+      self.params = ckpt.restore_params(self.step, abstract)
       ckpt.close()
-      self.params = state['params']
-    self._graphdef = trainer.graphdef
-    self._abstract = trainer.abstract_params_state
+    self._graphdef = graphdef
+    self._abstract = abstract_state
 
   @property
   def causal(self) -> bool:

@@ -98,6 +98,19 @@ def make_optimizer(cfg: Config, num_steps: int) -> tuple[optax.GradientTransform
   return tx, schedule
 
 
+def abstract_params(cfg: Config, mesh: jax.sharding.Mesh):
+  """(graphdef, abstract NNX state, params) of the model `cfg` describes, without building
+  it: params is the pure dict of ShapeDtypeStructs with their shardings on `mesh`, what a
+  checkpoint's parameters restore onto (`Checkpointer.restore_params`)."""
+  graphdef, state = nnx.split(build_model(cfg, abstract=True))
+  shapes = nnx.to_pure_dict(state)
+  logical = nnx.to_pure_dict(nnx.get_partition_spec(state))
+  shardings = sharding.tree_shardings(logical, shapes, mesh)
+  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+  return graphdef, state, params
+
+
 @dataclasses.dataclass
 class Trainer:
   """The jitted pieces of a run, built once from the config and the mesh."""
@@ -109,13 +122,11 @@ class Trainer:
   def __post_init__(self):
     cfg = self.cfg
     self.objective = objectives.get(cfg.objective)
-    abstract_model = build_model(cfg, abstract=True)
-    self.graphdef, self.abstract_params_state = nnx.split(abstract_model)
+    self.graphdef, self.abstract_params_state, params = abstract_params(cfg, self.mesh)
     self.tx, self.schedule = make_optimizer(cfg, self.num_steps)
 
-    params_shape = nnx.to_pure_dict(self.abstract_params_state)
-    logical = nnx.to_pure_dict(nnx.get_partition_spec(self.abstract_params_state))
-    param_sh = sharding.tree_shardings(logical, params_shape, self.mesh)
+    params_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    param_sh = jax.tree.map(lambda a: a.sharding, params)
     opt_shape = jax.eval_shape(self.tx.init, params_shape)
     repl = sharding.replicated(self.mesh)
     opt_sh = optax.tree_map_params(self.tx, lambda _, s: s, opt_shape, param_sh,

@@ -48,6 +48,9 @@ def test_an_export_loads_back_as_a_run_with_the_same_parameters_bit_for_bit(mdm_
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
   ids = np.array([[1] + a.tokenizer.encode('def f(x):\n    return x\n')])
   np.testing.assert_array_equal(a.logits(ids), b.logits(ids))
+  assert dlmjax.load_run(out, step=a.step).step == a.step
+  with pytest.raises(UserError, match=f'is an export of step {a.step}; it holds no step 1\\b'):
+    dlmjax.load_run(out, step=1)
 
 
 def test_the_config_marks_a_diffusion_export_bidirectional_with_its_mask(mdm_export):

@@ -15,7 +15,8 @@ import pytest
 
 import dlmjax
 from dlmjax import config as config_lib
-from dlmjax import train
+from dlmjax import sharding, train
+from dlmjax.config import MeshConfig
 from dlmjax.data.tokenizer import BOS_ID, MASK_ID
 from dlmjax.errors import UserError
 from dlmjax.rundir import append_jsonl, read_jsonl
@@ -186,6 +187,27 @@ def test_resume_after_sigterm_matches_an_uninterrupted_run(tmp_path):
   cut_losses = [m['loss'] for m in read_jsonl(metrics)]
   assert cut_losses == whole_losses
   assert resumed['val_loss'] == whole['val_loss']
+
+
+def test_load_run_reads_the_parameters_alone_and_builds_no_optimizer(ar_run, monkeypatch):
+  from dlmjax.checkpoint import Checkpointer
+
+  directory = pathlib.Path(ar_run[0])
+  ckpt = Checkpointer(directory / 'checkpoints', read_only=True)
+  step = ckpt.latest_step()
+  trainer = train.Trainer(config_lib.read_config_file(directory / 'config.yaml'),
+                          sharding.make_mesh(MeshConfig(1, 1, 1, 1),
+                                             devices=jax.devices()[:1]), num_steps=step)
+  full, _, _ = ckpt.restore(step, trainer.abstract_state)
+  ckpt.close()
+
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError('inference built an optimizer')
+  monkeypatch.setattr(train, 'make_optimizer', no_optimizer)
+  run = dlmjax.load_run(directory)
+  assert run.step == step
+  for x, y in zip(jax.tree.leaves(full['params']), jax.tree.leaves(run.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_load_run_ar_nll_is_the_exact_sum_of_next_token_log_probs(ar_run):
