@@ -307,8 +307,8 @@ def headline_small() -> Grid:
               'The papers\' headline at a larger CPU size: the wide tiny model (d_model 192) at '
               'U = 16K, AR at 32-250 epochs against the MDM at 250 and 1000, and one epoch of '
               '1M, seeds 0-5, the embedded suite scored at the end of each run. 2.2e14 '
-              'FLOPs a seed: about 25 minutes of 2 cores at 1.5e11 FLOP/s; the seeds are '
-              'recorded in docs/study-notes.md.',
+              'FLOPs a seed: seeds 3 and 4 took 75 minutes on 2 cores with --workers 2; '
+              'seeds 0-4 are recorded in docs/study-notes.md.',
               'CPU, 2 cores', configs, tuple(runs))
 
 
