@@ -12,6 +12,19 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 
+def bar(total: int | None, description: str, stream=None) -> Progress | None:
+  """A rich progress bar with ETA on `stream` (stderr) when it is a terminal; else None.
+  The caller starts, advances and stops it (e.g. a corpus being tokenized)."""
+  stream = stream or sys.stderr
+  if not stream.isatty():
+    return None
+  progress = Progress(TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=stream),
+                      transient=True)
+  progress.add_task(description, total=total)
+  return progress
+
+
 class StepProgress:
   """`with StepProgress(total, start) as p: p.update(step, metrics)`."""
 

@@ -46,6 +46,7 @@ import time
 
 import numpy as np
 
+from dlmjax import progress as progress_lib
 from dlmjax.data import corpus as corpus_lib
 from dlmjax.data import shards
 from dlmjax.data import store as store_lib
@@ -90,7 +91,7 @@ class _Progress:
 
   def __init__(self, records: str, total: int, description: str, stream):
     self.pattern = _fs().join(records, '*.json')
-    self.bar = store_lib._progress(total, description, stream)
+    self.bar = progress_lib.bar(total, description, stream)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -135,12 +136,6 @@ def _beam_log(path: pathlib.Path):
       os.dup2(saved, 2)
       os.close(saved)
       real.close()
-
-
-def _encode(tok, texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
-  """Each text's ids as the store keeps them: BOS, the text's ids, EOS."""
-  bos, eos = np.array([tokenizer_lib.BOS_ID], dtype), np.array([tokenizer_lib.EOS_ID], dtype)
-  return [np.concatenate([bos, ids.astype(dtype), eos]) for ids in tok.encode_batch_np(texts)]
 
 
 def is_remote(path: str) -> bool:
@@ -223,9 +218,9 @@ def _pipeline_fns(beam):
       names, lengths, num_bytes, h = [], [], [], hashlib.sha256()
       try:
         with shards.ShardWriter(local) as writer:
-          for chunk in store_lib._chunks(piece.documents(), store_lib._ENCODE_CHUNK_DOCS):
-            for d, ids in zip(chunk, _encode(self.tok, [d.text for d in chunk],
-                                             np.dtype(self.dtype))):
+          for chunk, pieces in store_lib.encoded(piece.documents(), self.tok,
+                                                 np.dtype(self.dtype)):
+            for d, ids in zip(chunk, pieces):
               writer.write(ids)
               names.append(d.name)
               lengths.append(len(ids))

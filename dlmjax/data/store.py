@@ -34,13 +34,13 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 import time
 from typing import Iterator
 
 import numpy as np
 
+from dlmjax import progress as progress_lib
 from dlmjax.data import corpus as corpus_lib
 from dlmjax.data import tokenizer as tokenizer_lib
 from dlmjax.errors import UserError
@@ -168,22 +168,6 @@ def held_out_for_tokenizer(data_cfg) -> float:
   return data_cfg.tokenizer_fraction if data_cfg.tokenizer == 'bpe' else 0.0
 
 
-def _progress(total: int | None, description: str, stream=None):
-  """A rich progress bar with ETA on `stream` (stderr) when it is a terminal; else None."""
-  stream = stream or sys.stderr
-  if not stream.isatty():
-    return None
-  from rich import progress
-  from rich.console import Console
-
-  bar = progress.Progress(
-      progress.TextColumn('{task.description}'), progress.BarColumn(),
-      progress.MofNCompleteColumn(), progress.TimeElapsedColumn(), progress.TimeRemainingColumn(),
-      console=Console(file=stream), transient=True)
-  bar.add_task(description, total=total)
-  return bar
-
-
 def _chunks(docs: Iterator[corpus_lib.Document], size: int) -> Iterator[list]:
   chunk = []
   for doc in docs:
@@ -195,28 +179,34 @@ def _chunks(docs: Iterator[corpus_lib.Document], size: int) -> Iterator[list]:
     yield chunk
 
 
+def encoded(docs: Iterator[corpus_lib.Document], tokenizer: tokenizer_lib.Tokenizer,
+            dtype) -> Iterator[tuple[list[corpus_lib.Document], list[np.ndarray]]]:
+  """The documents in chunks (the tokenizer encodes a chunk at once, in parallel), each
+  with its documents' ids as a store keeps them: BOS, the text's ids, EOS, in `dtype`."""
+  bos = np.array([tokenizer_lib.BOS_ID], dtype)
+  eos = np.array([tokenizer_lib.EOS_ID], dtype)
+  for chunk in _chunks(docs, _ENCODE_CHUNK_DOCS):
+    yield chunk, [np.concatenate([bos, ids.astype(dtype), eos])
+                  for ids in tokenizer.encode_batch_np([d.text for d in chunk])]
+
+
 def build_store(directory: pathlib.Path, corpus: corpus_lib.Corpus,
                 tokenizer: tokenizer_lib.Tokenizer, val_fraction: float,
                 corpus_fingerprint: str = '', tokenizer_fraction: float = 0.0) -> None:
   """Writes a store of `corpus` into the (new, empty) `directory`; not atomic by itself."""
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
   names, num_bytes, lengths = [], [], []
-  bar = _progress(corpus.size_hint(), f'tokenizing {corpus.spec}')
+  bar = progress_lib.bar(corpus.size_hint(), f'tokenizing {corpus.spec}')
   t0 = time.time()
   with open(directory / 'tokens.bin', 'wb') as f:
     if bar:
       bar.start()
     try:
-      for chunk in _chunks(corpus.documents(), _ENCODE_CHUNK_DOCS):
-        texts = [d.text for d in chunk]
-        pieces = []
-        for ids in tokenizer.encode_batch_np(texts):
-          pieces += [np.array([tokenizer_lib.BOS_ID], dtype), ids.astype(dtype),
-                     np.array([tokenizer_lib.EOS_ID], dtype)]
-          lengths.append(len(ids) + 2)
+      for chunk, pieces in encoded(corpus.documents(), tokenizer, dtype):
         f.write(np.concatenate(pieces).tobytes())
+        lengths += [len(ids) for ids in pieces]
         names += [d.name for d in chunk]
-        num_bytes += [len(t.encode('utf-8')) for t in texts]
+        num_bytes += [len(d.text.encode('utf-8')) for d in chunk]
         if bar:
           bar.advance(bar.task_ids[0], len(chunk))
     finally:
