@@ -283,6 +283,9 @@ def test_a_trained_bpe_learns_from_the_tokenizer_split_and_the_store_holds_it_ou
                        bpe_vocab_size=300)
   opened_tok, _ = store_lib.prepare_data(tok_cfg)
   assert opened_tok.fingerprint() == tok.fingerprint()
+  # A grid's dry run sizes the model (parameters, FLOPs) with the store's own vocabulary.
+  from dlmjax.data.tokenizer import planned_vocab_size
+  assert planned_vocab_size(tok_cfg) == made.vocab_size == tok.vocab_size
   with pytest.raises(UserError, match='--val-fraction 0.02.*held out 0.2'):
     prepare.tokenize(source, tmp_path / 'x', tokenizer_dir=str(tmp_path / 'tok'))
 

@@ -233,7 +233,14 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 
 
 def planned_vocab_size(data_cfg) -> int:
-  """The vocabulary `build_tokenizer(data_cfg, ...)` gives, known without building it."""
+  """The vocabulary a run of `data_cfg` trains with, known without building the tokenizer:
+  a sharded store's own (`data.corpus=store:DIR`, from its index, where it can be read; a
+  trained BPE may hold fewer ids than data.bpe_vocab_size), else the byte vocabulary or
+  data.bpe_vocab_size."""
+  if data_cfg.corpus.startswith('store:'):
+    index = pathlib.Path(os.path.expanduser(data_cfg.corpus.removeprefix('store:'))) / 'index.json'
+    if index.is_file():
+      return int(json.loads(index.read_text())['vocab_size'])
   return ByteTokenizer.vocab_size if data_cfg.tokenizer == 'byte' else data_cfg.bpe_vocab_size
 
 
