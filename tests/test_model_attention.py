@@ -3,6 +3,10 @@
 Legend: B batch, L length, H query heads, K kv heads, Dh head dim.
 """
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -175,3 +179,17 @@ def test_kernel_backends_refuse_attention_dropout():
     with pytest.raises(NotImplementedError, match='dropout'):
       attention.attend(q, k, v, seg, causal=True, backend=name, dropout_rate=0.1,
                        dropout_rng=jax.random.key(0))
+
+
+def test_the_kernel_table_is_a_leaf_the_model_registers():
+  # dlmjax.kernels imports nothing of the model; the model registers every backend it lists.
+  code = ('import json, sys, dlmjax.kernels; '
+          'print(json.dumps(sorted(m for m in sys.modules if m.startswith("dlmjax"))))')
+  loaded = json.loads(subprocess.run([sys.executable, '-c', code], capture_output=True,
+                                     text=True, check=True).stdout)
+  assert 'dlmjax.kernels' in loaded and not [m for m in loaded if m.startswith('dlmjax.model')]
+  from dlmjax import kernels
+  assert set(kernels.NAMES) <= set(attention.BACKENDS)
+  for name, _, platforms, _ in kernels.KERNELS:
+    for platform in platforms:
+      assert name in attention.AUTO_ORDER[platform]

@@ -12,15 +12,18 @@ Each module is imported only when its backend is first used (the registry holds
 a CPU in interpret mode, which is how tests/test_kernels_*.py check them against `xla`.
 `auto` tries them in the order given here (`auto_rank`) and keeps the first that passes its
 check; the order is a default until the GPU bench has measured them (docs/benchmarks.md).
+
+This package is a leaf: it holds the table below and imports nothing, so the model (which
+registers the table's backends when `dlmjax/model/attention.py` loads) and the config (which
+checks `model.attention` against `NAMES`) read it without an import cycle. The kernel
+modules themselves load only when a backend is first used.
 """
 
-from dlmjax.model import attention
-
-attention.register('pallas', 'dlmjax.kernels.pallas_gpu:attend', platforms=('gpu',),
-                   auto_rank=0)
-attention.register('cudnn', 'dlmjax.kernels.cudnn_gpu:attend', platforms=('gpu',),
-                   auto_rank=1)
-attention.register('triton', 'dlmjax.kernels.triton_gpu:attend', platforms=('gpu',),
-                   auto_rank=2)
-attention.register('splash', 'dlmjax.kernels.splash_tpu:attend', platforms=('tpu',),
-                   auto_rank=0)
+# (name, 'module:function', platforms, auto rank)
+KERNELS = (
+    ('pallas', 'dlmjax.kernels.pallas_gpu:attend', ('gpu',), 0),
+    ('cudnn', 'dlmjax.kernels.cudnn_gpu:attend', ('gpu',), 1),
+    ('triton', 'dlmjax.kernels.triton_gpu:attend', ('gpu',), 2),
+    ('splash', 'dlmjax.kernels.splash_tpu:attend', ('tpu',), 0),
+)
+NAMES = tuple(name for name, *_ in KERNELS)

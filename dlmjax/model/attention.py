@@ -12,7 +12,7 @@ never see each other, whichever objective runs. Padding queries see nothing and 
 
 Backends are looked up by name in `_IMPLS`; `BACKENDS` (what `config.validate` accepts for
 `model.attention`) is derived from it, so a kernel is added by `register`ing one function with
-this signature (the kernels in `dlmjax/kernels/` do so when this module is imported). 'xla' is
+this signature (the table of `dlmjax/kernels/`, a leaf package, is registered when this module loads). 'xla' is
 the reference: plain einsums that run everywhere. 'auto' uses, per platform, the first backend
 of `AUTO_ORDER` that passes a small forward + backward comparison against 'xla' (run once per
 process and input signature, logged to stderr), so it never runs a kernel that failed its
@@ -30,6 +30,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dlmjax import kernels
 
 
 def segment_mask(segment_ids_BxL: jax.Array, *, causal: bool) -> jax.Array:
@@ -308,4 +310,6 @@ def attend_cache(q_BxTxHxDh: jax.Array, cache: LayerCache, segment_ids_BxT: jax.
   return o_BxTxKxGxDh.reshape(b, t, h, dh).astype(q_BxTxHxDh.dtype)
 
 
-from dlmjax import kernels  # noqa: E402,F401  (registers the kernel backends)
+# The accelerator kernels' table (dlmjax/kernels, a leaf package), once `_choose` exists.
+for _name, _path, _platforms, _rank in kernels.KERNELS:
+  register(_name, _path, platforms=_platforms, auto_rank=_rank)
