@@ -88,6 +88,17 @@ def test_save_and_load_give_the_same_tokenizer(tmp_path, bpe):
   assert loaded.encode('a <|eos|>') == bpe.encode('a <|eos|>')  # specials stay text
 
 
+def test_a_pickled_tokenizer_is_the_same_tokenizer(bpe):
+  # What a pipeline's workers get with their DoFn: special-token text must stay text, which
+  # the HF tokenizer's own pickling would forget.
+  import pickle
+
+  for tok in (tk.ByteTokenizer(), bpe):
+    copy = pickle.loads(pickle.dumps(tok))
+    assert type(copy) is type(tok) and copy.fingerprint() == tok.fingerprint()
+    assert copy.encode('a <|eos|> b <|mask|>') == tok.encode('a <|eos|> b <|mask|>')
+
+
 def test_load_tokenizer_from_a_directory_without_one_names_the_file(tmp_path):
   with pytest.raises(UserError, match='tokenizer.json'):
     tk.load_tokenizer(tmp_path)

@@ -113,21 +113,33 @@ def _is_empty(text: str) -> bool:
   return not text.strip()
 
 
-def _example_odd(field: str) -> tuple[dict[str, list[str]], list[str], list[str]]:
-  """`Corpus.odd` of a dataset of examples, and its lists of skipped and repaired examples."""
+def _runs(items, parts: int) -> list:
+  """`items` (a list or a range) cut into about `parts` contiguous runs, in order."""
+  size = max(1, -(-len(items) // max(1, parts)))
+  return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _example_documents(corpus: Corpus, field: str,
+                       examples: Iterator[tuple[str, str | bytes]]) -> Iterator[Document]:
+  """The documents of a dataset's (name, value of `field`) examples: bytes decoded as UTF-8
+  (undecodable bytes replaced), empty values skipped, both noted in `corpus.odd` and
+  reported by the corpus's policy (`Corpus.report`)."""
   skipped, replaced = [], []
-  return ({f'example(s) with an empty {field!r}, skipped': skipped,
-           f'example(s) not UTF-8 in {field!r}, undecodable bytes replaced': replaced},
-          skipped, replaced)
-
-
-def _utf8(value: bytes, name: str, replaced: list[str]) -> str:
-  """`value` as text; undecodable bytes replaced by U+FFFD, and `name` noted in `replaced`."""
-  try:
-    return value.decode('utf-8')
-  except UnicodeDecodeError:
-    replaced.append(name)
-    return value.decode('utf-8', errors='replace')
+  corpus.odd = {f'example(s) with an empty {field!r}, skipped': skipped,
+                f'example(s) not UTF-8 in {field!r}, undecodable bytes replaced': replaced}
+  for name, value in examples:
+    if isinstance(value, bytes):
+      try:
+        value = value.decode('utf-8')
+      except UnicodeDecodeError:
+        value = value.decode('utf-8', errors='replace')
+        replaced.append(name)
+    if _is_empty(value):
+      skipped.append(name)
+    else:
+      yield Document(name, value)
+  if corpus.report:
+    report_odd(corpus.spec, corpus.odd)
 
 
 class FilesCorpus(Corpus):
@@ -191,9 +203,7 @@ class FilesCorpus(Corpus):
     return h.hexdigest()
 
   def split(self, parts: int) -> list[FilesCorpus]:
-    size = max(1, -(-len(self.names) // max(1, parts)))
-    return [FilesCorpus(self.spec, self.root, self.names[i:i + size])
-            for i in range(0, len(self.names), size)]
+    return [FilesCorpus(self.spec, self.root, names) for names in _runs(self.names, parts)]
 
   def select(self, keep: Callable[[str], bool]) -> FilesCorpus:
     return FilesCorpus(self.spec, self.root, [n for n in self.names if keep(n)])
@@ -358,10 +368,8 @@ class ParquetCorpus(Corpus):
     return sum(self._file(name).metadata.num_rows for name in self.names)
 
   def split(self, parts: int) -> list[ParquetCorpus]:
-    units = self.units()
-    size = max(1, -(-len(units) // max(1, parts)))
-    return [ParquetCorpus(self.spec, self.root, sorted({n for n, _ in units[i:i + size]}),
-                          self.field, units[i:i + size]) for i in range(0, len(units), size)]
+    return [ParquetCorpus(self.spec, self.root, sorted({n for n, _ in run}), self.field, run)
+            for run in _runs(self.units(), parts)]
 
 
 def _optional(spec: str, module: str, what: str, extra: str):
@@ -444,20 +452,13 @@ class TfdsCorpus(Corpus):
 
   def documents(self) -> Iterator[Document]:
     source, rows = self.source(), self._range()
-    self.odd, skipped, replaced = _example_odd(self.field)
-    for lo in range(rows.start, rows.stop, self._BLOCK):
-      block = range(lo, min(lo + self._BLOCK, rows.stop))
-      for i, example in zip(block, source.__getitems__(list(block))):
-        name = f'{self.name}/{self.split_name}:{i}'
-        value = example[self.field]
-        if isinstance(value, bytes):
-          value = _utf8(value, name, replaced)
-        if _is_empty(value):
-          skipped.append(name)
-        else:
-          yield Document(name, value)
-    if self.report:
-      report_odd(self.spec, self.odd)
+
+    def examples():
+      for lo in range(rows.start, rows.stop, self._BLOCK):
+        block = range(lo, min(lo + self._BLOCK, rows.stop))
+        for i, example in zip(block, source.__getitems__(list(block))):
+          yield f'{self.name}/{self.split_name}:{i}', example[self.field]
+    return _example_documents(self, self.field, examples())
 
   def fingerprint(self) -> str:
     h = hashlib.sha256(f'dlmjax-tfds-v1\0{self.split_name}\0{self.field}\0'.encode())
@@ -474,10 +475,8 @@ class TfdsCorpus(Corpus):
     return len(self._range())
 
   def split(self, parts: int) -> list[TfdsCorpus]:
-    rows = self._range()
-    size = max(1, -(-len(rows) // max(1, parts)))
-    return [TfdsCorpus(self.spec, self.directory, self.split_name, self.field, lo,
-                       min(lo + size, rows.stop)) for lo in range(rows.start, rows.stop, size)]
+    return [TfdsCorpus(self.spec, self.directory, self.split_name, self.field, run.start,
+                       run.stop) for run in _runs(self._range(), parts)]
 
 
 def _tfds(spec: str):
@@ -525,26 +524,20 @@ class SeqioCorpus(Corpus):
              if self.feature in task.output_features else None)
     dataset = task.get_dataset(sequence_length=None, split=self.split_name, shuffle=False,
                                num_epochs=1, use_cached=False)
-    self.odd, skipped, replaced = _example_odd(self.feature)
-    for i, example in enumerate(dataset.as_numpy_iterator()):
-      name = f'{self.task}/{self.split_name}:{i}'
-      if self.feature not in example:
-        raise UserError(f'data.corpus={self.spec!r}: Task {self.task!r} gives no feature '
-                        f'{self.feature!r} (features: {", ".join(sorted(example))})')
-      value = example[self.feature]
-      if isinstance(value, bytes):
-        text = _utf8(value, name, replaced)
-      elif getattr(value, 'dtype', None) is not None and value.dtype.kind in 'iu' and vocab:
-        text = vocab.decode(value.tolist())
-      else:
-        raise UserError(f'data.corpus={self.spec!r}: feature {self.feature!r} of Task '
-                        f'{self.task!r} is neither text nor token ids of its vocabulary')
-      if _is_empty(text):
-        skipped.append(name)
-      else:
-        yield Document(name, text)
-    if self.report:
-      report_odd(self.spec, self.odd)
+
+    def examples():
+      for i, example in enumerate(dataset.as_numpy_iterator()):
+        if self.feature not in example:
+          raise UserError(f'data.corpus={self.spec!r}: Task {self.task!r} gives no feature '
+                          f'{self.feature!r} (features: {", ".join(sorted(example))})')
+        value = example[self.feature]
+        if getattr(value, 'dtype', None) is not None and value.dtype.kind in 'iu' and vocab:
+          value = vocab.decode(value.tolist())  # ids of the Task's vocabulary, as text
+        elif not isinstance(value, bytes):
+          raise UserError(f'data.corpus={self.spec!r}: feature {self.feature!r} of Task '
+                          f'{self.task!r} is neither text nor token ids of its vocabulary')
+        yield f'{self.task}/{self.split_name}:{i}', value
+    return _example_documents(self, self.feature, examples())
 
   def fingerprint(self) -> str:
     h = hashlib.sha256(b'dlmjax-seqio-v1\0')

@@ -188,18 +188,14 @@ def _pipeline_fns(beam):
     bad inputs) under the records directory; the documents never pass through the pipeline.
     A shard whose record exists was written by an earlier, interrupted run and is kept."""
 
-    def __init__(self, build: str, key: str, num_shards: int, dtype: str, tokenizer_json: str):
+    def __init__(self, build: str, key: str, num_shards: int, dtype: str, tok):
       self.build, self.key, self.num_shards, self.dtype = build, key, num_shards, dtype
-      self.tokenizer_json = tokenizer_json
+      self.tok = tok  # pickled with the DoFn (through its JSON)
 
     def setup(self):
       # One core per worker: Beam runs a worker per core, and the tokenizer's own threads
       # would only compete with the other workers for them.
       os.environ['TOKENIZERS_PARALLELISM'] = 'false'
-      with tempfile.TemporaryDirectory(prefix='dlmjax-tokenizer-') as d:
-        pathlib.Path(d, tokenizer_lib.TOKENIZER_FILE).write_text(self.tokenizer_json,
-                                                                 encoding='utf-8')
-        self.tok = tokenizer_lib.load_tokenizer(d)
 
     def process(self, item):
       s, piece = item
@@ -291,7 +287,6 @@ def tokenize(source: str, out: str | os.PathLike, *, tokenizer_dir: str | None =
   build = _start_build(out, key, remote)
   records = _records(build, key)
   dtype = shards.store_dtype(tok.vocab_size).name
-  tokenizer_json = _tokenizer_json(tok)
   tokenize_shard = _pipeline_fns(beam)
   log = pathlib.Path(build if not remote else tempfile.mkdtemp(prefix='dlmjax-beam-'),
                      'beam.log')
@@ -302,8 +297,7 @@ def tokenize(source: str, out: str | os.PathLike, *, tokenizer_dir: str | None =
         _ = (p
              | 'pieces' >> beam.Create(list(enumerate(pieces)))
              | 'spread' >> beam.Reshuffle()
-             | 'tokenize' >> beam.ParDo(tokenize_shard(build, key, num_shards, dtype,
-                                                       tokenizer_json)))
+             | 'tokenize' >> beam.ParDo(tokenize_shard(build, key, num_shards, dtype, tok)))
   seconds = time.time() - t0
   written = [json.loads(_get(path)) for path in _matches(_fs().join(records, '*.json'))]
   odd: dict[str, list[str]] = {}
@@ -322,12 +316,6 @@ def tokenize(source: str, out: str | os.PathLike, *, tokenizer_dir: str | None =
   print(f'{out}: {index["num_docs"]} documents, {index["num_tokens"]} tokens in '
         f'{num_shards} shards, {seconds:.1f} s ({mb / seconds:.2f} MB/s of text)', file=sys.stderr)
   return index if remote else shards.ShardedStore(out)
-
-
-def _tokenizer_json(tok) -> str:
-  with tempfile.TemporaryDirectory(prefix='dlmjax-tokenizer-') as d:
-    tok.save(d)
-    return pathlib.Path(d, tokenizer_lib.TOKENIZER_FILE).read_text(encoding='utf-8')
 
 
 def _start_build(out: str, key: str, remote: bool) -> str:

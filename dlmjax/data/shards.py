@@ -84,7 +84,16 @@ def write_shard(path: str | os.PathLike, docs: list[np.ndarray]) -> None:
       writer.write(ids)
 
 
+def _refuse_remote(directory: str | os.PathLike) -> None:
+  if '://' in os.fspath(directory):
+    raise UserError(f'{os.fspath(directory)!r}: a sharded store is read from a local or '
+                    f'mounted directory; mount the bucket (e.g. gcsfuse) and give its path')
+
+
 def is_sharded_store(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a whole store; UserError for a path on a remote file system,
+  which training cannot read (mount it)."""
+  _refuse_remote(directory)
   return (pathlib.Path(directory) / INDEX_FILE).is_file()
 
 
@@ -165,9 +174,7 @@ class ShardedStore(store_lib.Store):
   """A sharded store opened read-only; the attributes of `store.Store`, plus `index`."""
 
   def __init__(self, directory: str | os.PathLike, corpus: str = ''):
-    if '://' in os.fspath(directory):
-      raise UserError(f'{os.fspath(directory)!r}: a sharded store is read from a local or '
-                      f'mounted directory; mount the bucket (e.g. gcsfuse) and give its path')
+    _refuse_remote(directory)
     self.path = pathlib.Path(directory)
     index_file = self.path / INDEX_FILE
     if not index_file.is_file():

@@ -308,13 +308,12 @@ def prepare_data(data_cfg) -> tuple[tokenizer_lib.Tokenizer, TokenStore]:
 def _open_sharded(data_cfg) -> tuple[tokenizer_lib.Tokenizer, Store]:
   from dlmjax.data import shards
 
-  if '://' in data_cfg.corpus:
-    shards.ShardedStore(data_cfg.corpus.removeprefix('store:'))  # raises: mount it
-  directory = pathlib.Path(os.path.expanduser(data_cfg.corpus.removeprefix('store:')))
-  if not shards.is_sharded_store(directory):
-    raise UserError(f'data.corpus={data_cfg.corpus!r}: {str(directory)!r} is not a sharded '
+  where = os.path.expanduser(data_cfg.corpus.removeprefix('store:'))
+  if not shards.is_sharded_store(where):  # a str: pathlib would fold gs:// into gs:/
+    raise UserError(f'data.corpus={data_cfg.corpus!r}: {where!r} is not a sharded '
                     f'token store (no {shards.INDEX_FILE}); write one with `python -m '
-                    f'dlmjax.data tokenize SOURCE --out {directory}`')
+                    f'dlmjax.data tokenize SOURCE --out {where}`')
+  directory = pathlib.Path(where)
   sharded = shards.ShardedStore(directory, corpus=data_cfg.corpus)
   index = sharded.index
   if data_cfg.tokenizer != index['tokenizer']:

@@ -197,6 +197,17 @@ class BPETokenizer(Tokenizer):
 
     return cls(HFTokenizer.from_file(str(path)))
 
+  @classmethod
+  def from_str(cls, text: str) -> BPETokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return cls(HFTokenizer.from_str(text))
+
+  def __reduce__(self):
+    # Through its JSON and __init__ (as `load_tokenizer` builds it): the HF object's own
+    # pickling drops `encode_special_tokens`.
+    return BPETokenizer.from_str, (self._hf.to_str(),)
+
   def encode(self, text: str) -> list[int]:
     return self._hf.encode(text, add_special_tokens=False).ids
 
@@ -238,8 +249,11 @@ def planned_vocab_size(data_cfg) -> int:
   trained BPE may hold fewer ids than data.bpe_vocab_size), else the byte vocabulary or
   data.bpe_vocab_size."""
   if data_cfg.corpus.startswith('store:'):
-    index = pathlib.Path(os.path.expanduser(data_cfg.corpus.removeprefix('store:'))) / 'index.json'
-    if index.is_file():
+    from dlmjax.data import shards  # imports this module
+
+    directory = os.path.expanduser(data_cfg.corpus.removeprefix('store:'))
+    index = pathlib.Path(directory) / shards.INDEX_FILE
+    if '://' not in directory and index.is_file():
       return int(json.loads(index.read_text())['vocab_size'])
   return ByteTokenizer.vocab_size if data_cfg.tokenizer == 'byte' else data_cfg.bpe_vocab_size
 
